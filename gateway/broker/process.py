@@ -1,0 +1,181 @@
+"""The embedded Mosquitto: render its files, run it as our child, restart it if it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from gateway.aio import cancel_and_wait
+from gateway.broker.render import (
+    BrokerFiles,
+    ListenerSpec,
+    client_address,
+    find_plugin,
+    render_dynsec,
+    render_mosquitto_conf,
+)
+from gateway.credentials.secrets import hash_password, write_private
+from gateway.mqtt import Backoff
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+STABLE_AFTER_S = 30.0  # a broker that ran this long resets the restart backoff
+
+
+class BrokerError(Exception):
+    pass
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the gateway is killed, the broker goes too."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedBroker:
+    def __init__(self, files: BrokerFiles, listeners: Sequence[ListenerSpec], *,
+                 executable: str, max_packet_size: int, store: Store, gateway_password: str,
+                 on_restart: Callable[[int, str], None] | None = None) -> None:
+        self.files = files
+        self.listeners = tuple(listeners)
+        self.executable = executable
+        self.max_packet_size = max_packet_size
+        self.store = store
+        self.gateway_password = gateway_password
+        self.on_restart = on_restart
+        self.restarts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stderr_tail: deque[str] = deque(maxlen=20)
+        self._stopping = False
+        self._backoff = Backoff(initial=0.5, maximum=30.0)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def render(self) -> None:
+        """Write mosquitto.conf and the dynamic-security file from config and database."""
+        self.files.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conf = render_mosquitto_conf(self.files, self.listeners, self.max_packet_size,
+                                     find_plugin(), run_as_root=os.geteuid() == 0)
+        write_private(self.files.conf, conf)
+        dynsec = render_dynsec(hash_password(self.gateway_password), self.store.credentials())
+        write_private(self.files.dynsec, dynsec)
+
+    async def start(self) -> None:
+        self._stopping = False
+        await self._spawn()
+        self._supervisor = asyncio.get_running_loop().create_task(
+            self._supervise(), name="broker-supervisor")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await cancel_and_wait(self._supervisor)
+        self._supervisor = None
+        await self._terminate()
+
+    async def restart(self) -> None:
+        """Re-render and restart now (after a listener change)."""
+        await self.stop()
+        await self.start()
+
+    async def _spawn(self) -> None:
+        self.render()
+        self._stderr_tail.clear()
+        self._proc = await asyncio.create_subprocess_exec(
+            self.executable, "-c", str(self.files.conf),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent,
+        )
+        asyncio.get_running_loop().create_task(self._read_stderr(self._proc))
+        try:
+            await self._wait_accepting(self._proc)
+        except BaseException:
+            await self._terminate()
+            raise
+        log.info("broker: mosquitto (pid %d) accepting on %s", self._proc.pid,
+                 ", ".join(f"{x.address}:{x.port}" for x in self.listeners))
+
+    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self._stderr_tail.append(line)
+                level = logging.WARNING if "rror" in line else logging.INFO
+                log.log(level, "mosquitto: %s", line)
+
+    async def _wait_accepting(self, proc: asyncio.subprocess.Process) -> None:
+        first = self.listeners[0]
+        host, port = client_address(first), first.port
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.returncode is not None:
+                await asyncio.sleep(0.05)  # let the stderr reader catch the last words
+                raise BrokerError(
+                    f"mosquitto exited with status {proc.returncode}: "
+                    + (" | ".join(self._stderr_tail) or "no output")
+                )
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BrokerError(
+                        f"mosquitto did not accept connections on {host}:{port} within "
+                        f"{START_TIMEOUT_S:.0f} s"
+                    ) from None
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+    async def _supervise(self) -> None:
+        while True:
+            proc = self._proc
+            assert proc is not None
+            started = time.monotonic()
+            status = await proc.wait()
+            if self._stopping:
+                return
+            if time.monotonic() - started > STABLE_AFTER_S:
+                self._backoff.reset()
+            reason = f"exited with status {status}"
+            log.error("broker: mosquitto %s; restarting", reason)
+            while True:
+                await asyncio.sleep(self._backoff.next_delay())
+                try:
+                    await self._spawn()
+                    break
+                except (BrokerError, OSError) as exc:
+                    log.error("broker: restart failed: %s", exc)
+            self.restarts += 1
+            if self.on_restart is not None:
+                self.on_restart(self.restarts, reason)
+
+    async def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

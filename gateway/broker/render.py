@@ -1,0 +1,160 @@
+"""Pure renderers: the embedded Mosquitto's config and its dynamic-security file.
+
+Both are derived state: rendered from the config and the database before every broker
+start, never edited in place (Mosquitto 2.0.11 writes the plugin file non-atomically).
+"""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.credentials.secrets import PasswordHash
+from gateway.devices.topics import device_acls, device_role
+from gateway.store import Credential
+
+GATEWAY_USERNAME = "home-gateway"
+GATEWAY_ROLE = "gateway"
+DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
+PLUGIN_GLOB = "/usr/lib/*/mosquitto_dynamic_security.so"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerFiles:
+    directory: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.directory / "mosquitto.conf"
+
+    @property
+    def dynsec(self) -> Path:
+        return self.directory / "dynamic-security.json"
+
+    @property
+    def gateway_secret(self) -> Path:
+        return self.directory / "gateway.secret"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    address: str
+    port: int
+    tls: bool
+
+
+def find_plugin() -> str:
+    found = sorted(glob.glob(PLUGIN_GLOB))
+    if not found:
+        raise FileNotFoundError(
+            "mosquitto_dynamic_security.so not found under /usr/lib/*/ (install mosquitto >= 2.0)"
+        )
+    return found[0]
+
+
+def render_mosquitto_conf(files: BrokerFiles, listeners: Sequence[ListenerSpec],
+                          max_packet_size: int, plugin: str, run_as_root: bool) -> str:
+    lines = [
+        "# Rendered by home-gateway at every broker start; edits here are overwritten.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"max_packet_size {max_packet_size}",
+        "persistence true",
+        f"persistence_location {files.directory}/",
+        "autosave_interval 300",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "connection_messages false",
+        "set_tcp_nodelay true",
+        f"plugin {plugin}",
+        f"plugin_opt_config_file {files.dynsec}",
+    ]
+    if run_as_root:
+        # Mosquitto drops to the "mosquitto" user when started as root, which cannot read a
+        # root-owned state dir. The packaged service runs as its own unprivileged user.
+        lines.append("user root")
+    for listener in listeners:
+        if listener.tls:
+            raise ValueError(
+                f"listener {listener.address}:{listener.port}: TLS listeners need the "
+                "gateway's certificate authority, which is not available yet"
+            )
+        lines.append(f"listener {listener.port} {listener.address}")
+    return "\n".join(lines) + "\n"
+
+
+def client_address(listener: ListenerSpec) -> str:
+    """Where the gateway itself connects to reach `listener` (wildcards -> loopback)."""
+    address = ipaddress.ip_address(listener.address)
+    if address.is_unspecified:
+        return "::1" if address.version == 6 else "127.0.0.1"
+    return str(address)
+
+
+def gateway_acls() -> list[dict[str, object]]:
+    # '#' does not match topics starting with '$', so $CONTROL needs its own entries.
+    acls: list[dict[str, object]] = []
+    for topic in ("#", "$CONTROL/dynamic-security/#"):
+        acls.append({"acltype": "publishClientSend", "topic": topic, "allow": True})
+        acls.append({"acltype": "publishClientReceive", "topic": topic, "allow": True})
+        acls.append({"acltype": "subscribePattern", "topic": topic, "allow": True})
+    return acls
+
+
+def _client(username: str, role: str, password: PasswordHash) -> dict[str, object]:
+    return {
+        "username": username,
+        "password": password.hash,
+        "salt": password.salt,
+        "iterations": password.iterations,
+        "roles": [{"rolename": role}],
+    }
+
+
+def render_dynsec(gateway_password: PasswordHash, credentials: Sequence[Credential]) -> str:
+    """The plugin's file: the gateway's admin client plus one client and role per device."""
+    clients = [_client(GATEWAY_USERNAME, GATEWAY_ROLE, gateway_password)]
+    roles: list[dict[str, object]] = [{"rolename": GATEWAY_ROLE, "acls": gateway_acls()}]
+    for device_id in sorted({c.device_id for c in credentials}):
+        roles.append({"rolename": device_role(device_id), "acls": device_acls(device_id)})
+    for cred in credentials:
+        clients.append(_client(cred.username, device_role(cred.device_id), cred.password))
+    document = {
+        "clients": clients,
+        "groups": [],
+        "roles": roles,
+        # Deny by default, receiving included: a role must name every topic it may use.
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+    }
+    return json.dumps(document, indent=1, sort_keys=True) + "\n"
+
+
+# -- live changes, as dynamic-security commands ------------------------------------------
+
+def create_device_client_commands(device_id: str, username: str,
+                                  password: str) -> list[dict[str, object]]:
+    role = device_role(device_id)
+    return [
+        {"command": "createRole", "rolename": role, "acls": device_acls(device_id)},
+        {"command": "createClient", "username": username, "password": password,
+         "roles": [{"rolename": role}]},
+    ]
+
+
+def delete_device_client_commands(device_id: str,
+                                  usernames: Sequence[str]) -> list[dict[str, object]]:
+    commands: list[dict[str, object]] = [
+        {"command": "deleteClient", "username": u} for u in usernames
+    ]
+    commands.append({"command": "deleteRole", "rolename": device_role(device_id)})
+    return commands

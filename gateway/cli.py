@@ -1,0 +1,252 @@
+"""The `home-gateway` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from gateway.control import ControlError, request
+from gateway.devices.kinds import KINDS
+from gateway.devices.registry import DeviceError, Registry
+from gateway.store import StoreError
+
+EXIT_INVALID = 2
+
+
+def setup_logging(level: str = "info") -> None:
+    """One line per event on stderr; journald adds its own timestamps."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("HOME_GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    """Load the config or exit 2, printing one line per problem."""
+    try:
+        return load_config(_config_path(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{config.source}: OK")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon import run_daemon
+
+    config = _load(args)
+    setup_logging(config.gateway.log_level)
+    os.umask(0o077)  # everything the daemon writes is private unless it says otherwise
+    try:
+        return run_daemon(config, _config_path(args))
+    except StoreError as exc:
+        logging.getLogger("gateway").error("%s", exc)
+        return 1
+
+
+def _control(args: argparse.Namespace, op: str, **kwargs: Any) -> Any:
+    from gateway.daemon import control_socket
+
+    return request(control_socket(_load(args)), op, **kwargs)
+
+
+def _print_credential(result: dict[str, Any], config: Config) -> None:
+    listener = config.broker.listeners[0] if config.broker.listeners else None
+    print(f"device:   {result['id']}")
+    if listener is not None:
+        print(f"broker:   {listener.address}:{listener.port}")
+    print(f"username: {result['username']}")
+    print(f"password: {result['password']}")
+    print("The password is shown only this once; the gateway keeps only its hash.")
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        if args.device_command == "list":
+            return _device_list(config, args.json)
+        if args.device_command == "command":
+            params = json.loads(args.params) if args.params else {}
+            result = _control(args, "device.command", id=args.id, action=args.action,
+                              params=params)
+            print(json.dumps(result, indent=2))
+            return 0 if result.get("status") == "ok" else 1
+        op = {"add": "device.add", "remove": "device.remove",
+              "credential": "device.credential"}[args.device_command]
+        fields = {"id": args.id}
+        if args.device_command == "add":
+            fields.update(kind=args.kind, name=args.name, mac=args.mac, ip=args.ip)
+        try:
+            result = _control(args, op, **fields)
+        except ConnectionError:
+            result = _device_offline(config, args.device_command, fields)
+        if args.device_command == "remove":
+            print(f"removed {args.id}")
+        else:
+            _print_credential(result, config)
+        return 0
+    except (ControlError, DeviceError) as exc:
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError as exc:
+        print(f"home-gateway: params are not valid JSON: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _device_offline(config: Config, command: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """No daemon is running: change the store; the broker is rendered from it at start."""
+    from gateway.daemon import open_store
+
+    store = open_store(config)
+    try:
+        registry = Registry(store)
+        if command == "add":
+            registry.add(fields["id"], fields["kind"], name=fields.get("name"), source="cli",
+                         mac=fields.get("mac"), ip=fields.get("ip"))
+        if command == "remove":
+            registry.remove(fields["id"])
+            return {"id": fields["id"]}
+        username, secret = registry.issue_credential(fields["id"])
+        return {"id": fields["id"], "username": username, "password": secret}
+    finally:
+        store.close()
+
+
+def _device_list(config: Config, as_json: bool) -> int:
+    from gateway.daemon import open_store
+
+    store = open_store(config)
+    try:
+        devices = store.devices()
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps([{"id": d.id, "name": d.name, "kind": d.kind, "status": d.status,
+                           "mac": d.mac, "ip": d.ip, "last_seen": d.last_seen,
+                           "invalid_messages": d.invalid_messages, "state": d.state}
+                          for d in devices], indent=2))
+        return 0
+    print(f"{'ID':<24} {'KIND':<11} {'STATUS':<11} {'INVALID':>7}  NAME")
+    for d in devices:
+        print(f"{d.id:<24} {d.kind:<11} {d.status:<11} {d.invalid_messages:>7}  {d.name}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        print(json.dumps(_control(args, "status"), indent=2))
+    except ConnectionError as exc:
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 3  # LSB: program is not running
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.sim.demo import run_demo
+
+    setup_logging("warning")
+    return asyncio.run(run_demo(args.state_dir, devices=args.devices, duration=args.duration))
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from gateway.sim.run import run_sim_devices
+
+    config = _load(args)
+    setup_logging("info")
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        print(f"home-gateway: unknown kind(s) {', '.join(unknown) or '(none)'} "
+              f"(expected some of: {', '.join(sorted(KINDS))})", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        return asyncio.run(run_sim_devices(config, kinds, args.count, args.interval,
+                                           args.duration))
+    except (ConnectionError, ControlError) as exc:
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="home-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", metavar="PATH",
+                       help=f"config file (default {DEFAULT_CONFIG_PATH})")
+        return p
+
+    with_config(sub.add_parser("run", help="run the gateway daemon")).set_defaults(func=cmd_run)
+    with_config(sub.add_parser("check-config", help="validate the config; exit 2 if invalid")
+                ).set_defaults(func=cmd_check_config)
+    with_config(sub.add_parser("status", help="status of the running daemon")
+                ).set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="a working gateway with simulated devices")
+    demo.add_argument("--state-dir", metavar="DIR", help="keep state here (default: temporary)")
+    demo.add_argument("--devices", type=int, default=6, help="simulated devices (default 6)")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.set_defaults(func=cmd_demo)
+
+    device = with_config(sub.add_parser("device", help="manage devices"))
+    dsub = device.add_subparsers(dest="device_command", required=True)
+    add = dsub.add_parser("add", help="register a device and print its broker credential")
+    add.add_argument("id")
+    add.add_argument("--kind", required=True, choices=sorted(KINDS))
+    add.add_argument("--name")
+    add.add_argument("--mac")
+    add.add_argument("--ip")
+    dsub.add_parser("remove", help="remove a device and revoke its credential").add_argument("id")
+    dsub.add_parser("credential", help="issue a new credential (the old one stops working)"
+                    ).add_argument("id")
+    lst = dsub.add_parser("list", help="list devices")
+    lst.add_argument("--json", action="store_true")
+    command = dsub.add_parser("command", help="send a command and wait for its result")
+    command.add_argument("id")
+    command.add_argument("action")
+    command.add_argument("params", nargs="?", help='JSON object, e.g. \'{"on": true}\'')
+    device.set_defaults(func=cmd_device)
+
+    sim = sub.add_parser("sim", help="simulators")
+    ssub = sim.add_subparsers(dest="sim_command", required=True)
+    simdev = with_config(ssub.add_parser(
+        "devices", help="run simulated devices against a running gateway"))
+    simdev.add_argument("--count", type=int, default=6)
+    simdev.add_argument("--kinds", default=",".join(KINDS))
+    simdev.add_argument("--interval", type=float, help="seconds between readings "
+                        "(default: each kind's realistic rate)")
+    simdev.add_argument("--duration", type=float, help="stop after this many seconds")
+    simdev.set_defaults(func=cmd_sim)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except StoreError as exc:
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,682 @@
+"""The gateway's TOML config file: read it, check every key, return typed settings.
+
+The schema is declarative. Each table is a `Table` that maps its key names to a `Key`
+(a value spec plus a default) and names the dataclass it builds. To add a setting, add one
+`Key` to its table and a field to that table's dataclass; to add a table, declare a `Table`
+and add it to `_ROOT`.
+
+All problems are collected, never just the first, and reported one per line as
+``PATH:KEY: problem (expected ...)``, where KEY is a dotted path such as
+``broker.listeners[0].port``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.devices.kinds import KINDS
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "BrokerConfig",
+    "Config",
+    "ConfigError",
+    "DeviceDecl",
+    "ExternalBroker",
+    "GatewayConfig",
+    "Listener",
+    "TelemetryConfig",
+    "WebConfig",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/home-gateway/gateway.toml")
+
+
+class ConfigError(Exception):
+    """The config cannot be used. `problems` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: list[str] = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep `problems` intact through pickle
+        return (type(self), (self.problems,))
+
+
+# --- the typed result ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    state_dir: Path
+    runtime_dir: Path | None  # None: decided at run time
+    log_level: str
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    address: str  # a normalized IPv4 or IPv6 literal
+    port: int
+    tls: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalBroker:
+    host: str
+    port: int
+    username: str
+    password_file: Path
+    tls: bool
+    ca_file: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    mode: str  # "embedded" or "external"
+    executable: str
+    max_packet_size: int
+    listeners: tuple[Listener, ...]
+    external: ExternalBroker | None
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    listen: tuple[str, ...]  # "host:port" strings, as written
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    max_payload_bytes: int
+    history_size: int
+    max_future_skew_s: int
+    max_age_s: int
+    invalid_audit_interval_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDecl:
+    id: str
+    name: str
+    kind: str
+    mac: str | None  # lower-case, colon-separated
+    ip: str | None  # a normalized IPv4 or IPv6 literal
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    gateway: GatewayConfig
+    broker: BrokerConfig
+    web: WebConfig
+    telemetry: TelemetryConfig
+    devices: tuple[DeviceDecl, ...]
+    source: Path
+
+
+# --- reporting ----------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """Raised by `Spec.convert`: the value has the right type but is not acceptable."""
+
+
+class _Bad:
+    """Stands in for a value whose problem has been reported.
+
+    A bad table keeps its parsed `values`, so checks across list items (duplicates) still
+    see the good ones.
+    """
+
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        self.values: Mapping[str, Any] = values or {}
+
+
+_BAD = _Bad()
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SECRET = re.compile(r"pass|secret|token|private", re.IGNORECASE)
+_SHOW_MAX = 60  # longest value shown in a message, in characters
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+class _Ctx:
+    """What one parse needs besides the data: where the file is and the problems so far."""
+
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir  # relative paths in the file are relative to this
+        self.problems: list[str] = []
+
+    def report(self, key: str, problem: str, expected: str) -> None:
+        self.problems.append(f"{self.source}:{key}: {problem} (expected {expected})")
+
+
+def _quote(text: str) -> str:
+    """`text` in double quotes, on one line, shortened when long."""
+    out = []
+    for ch in text[:_SHOW_MAX]:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"' + ("..." if len(text) > _SHOW_MAX else "")
+
+
+def _join(prefix: str, name: str) -> str:
+    """The dotted key path of `name` inside `prefix`, quoting names that need it."""
+    part = name if _BARE_KEY.fullmatch(name) else _quote(name)
+    return f"{prefix}.{part}" if prefix else part
+
+
+def _show(value: Any, key: str = "") -> str:
+    """`value` as it may appear in a message; hidden when `key` looks like a secret."""
+    last = key.rsplit(".", 1)[-1]
+    if _SECRET.search(last) and not last.endswith(("_file", "_dir", "_path")):
+        return "(hidden)"
+    if isinstance(value, str):
+        return _quote(value)
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, datetime.date | datetime.time):
+        text = value.isoformat()
+    else:
+        text = str(value)
+    return text if len(text) <= _SHOW_MAX else text[:_SHOW_MAX] + "..."
+
+
+def _describe(value: Any, key: str) -> str:
+    """The TOML type of `value` and, for scalars, the value: 'string "1883"'."""
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    for cls, name in (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "float"),
+        (str, "string"),
+        (datetime.datetime, "date-time"),
+        (datetime.date, "date"),
+        (datetime.time, "time"),
+    ):
+        if isinstance(value, cls):
+            return f"{name} {_show(value, key)}"
+    return type(value).__name__
+
+
+# --- value specs --------------------------------------------------------------------------
+
+
+class Spec:
+    """How one value is checked and converted.
+
+    Subclasses set `types` (the TOML types accepted) and `expected` (what the message says
+    after "expected"), and override `convert` to check the value and return what to store.
+    """
+
+    types: tuple[type, ...] = ()
+    expected: str = ""
+
+    def parse(self, value: Any, ctx: _Ctx, key: str) -> Any:
+        """The converted value, or `_BAD` after reporting the problem."""
+        if not isinstance(value, self.types) or (
+            isinstance(value, bool) and bool not in self.types
+        ):
+            ctx.report(key, f"wrong type: got {_describe(value, key)}", self.expected)
+            return _BAD
+        try:
+            return self.convert(value, ctx)
+        except _Invalid as problem:
+            ctx.report(key, f"{_show(value, key)} {problem}", self.expected)
+            return _BAD
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        return value
+
+
+class Boolean(Spec):
+    types = (bool,)
+    expected = "true or false"
+
+
+class Integer(Spec):
+    types = (int,)
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self.expected = f"an integer from {low} to {high}"
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        if not self.low <= value <= self.high:
+            raise _Invalid("is out of range")
+        return value
+
+
+class Text(Spec):
+    types = (str,)
+
+    def __init__(self, expected: str, max_len: int = 1024, pattern: str | None = None) -> None:
+        self.expected = expected
+        self.max_len = max_len
+        self.pattern = re.compile(pattern) if pattern else None
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        if not value:
+            raise _Invalid("is empty")
+        if len(value) > self.max_len:
+            raise _Invalid(f"is {len(value)} characters long")
+        if self.pattern and not self.pattern.fullmatch(value):
+            raise _Invalid("is not valid")
+        return value
+
+
+class Choice(Spec):
+    types = (str,)
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+        self.expected = "one of: " + ", ".join(f'"{c}"' for c in choices)
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        if value not in self.choices:
+            raise _Invalid("is not allowed")
+        return value
+
+
+class FilePath(Spec):
+    """A path; a relative one is taken relative to the config file's folder."""
+
+    types = (str,)
+
+    def __init__(self, expected: str = "a path") -> None:
+        self.expected = expected
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        if not value:
+            raise _Invalid("is empty")
+        if "\0" in value:
+            raise _Invalid("contains a NUL character")
+        return ctx.base_dir / value  # an absolute `value` replaces base_dir
+
+
+def _ip(text: str, versions: tuple[int, ...] = (4, 6)) -> str | None:
+    """`text` normalized when it is an IP literal of one of `versions`, else None."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return str(address) if address.version in versions else None
+
+
+class IPAddress(Spec):
+    types = (str,)
+    expected = 'an IPv4 or IPv6 address such as "192.168.1.10" or "::1"'
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        address = _ip(value)
+        if address is None:
+            raise _Invalid("is not an IP address")
+        return address
+
+
+class MacAddress(Spec):
+    types = (str,)
+    expected = 'a MAC address such as "aa:bb:cc:dd:ee:ff"'
+    _FORM = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        if not self._FORM.fullmatch(value):
+            raise _Invalid("is not a MAC address")
+        return value.lower().replace("-", ":")
+
+
+class HostPort(Spec):
+    """ "HOST:PORT" with an IPv4 literal, a bracketed IPv6 literal or localhost."""
+
+    types = (str,)
+    expected = (
+        '"HOST:PORT" where HOST is an IPv4 address, an IPv6 address in brackets or localhost'
+        " and PORT is from 1 to 65535"
+    )
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        host, colon, port = value.rpartition(":")
+        if not colon or value.endswith("]"):
+            raise _Invalid("has no port")
+        if host.startswith("[") and host.endswith("]"):
+            host_ok = _ip(host[1:-1], (6,)) is not None
+        else:
+            host_ok = host == "localhost" or _ip(host, (4,)) is not None
+        if not host_ok:
+            raise _Invalid("has an invalid host")
+        if not re.fullmatch(r"[0-9]{1,5}", port):
+            raise _Invalid("has an invalid port")
+        if not 1 <= int(port) <= 65535:
+            raise _Invalid("has a port out of range")
+        return value
+
+
+_REQUIRED: Any = object()  # Key.default for keys that must be present
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key of a table.
+
+    `default` is the TOML value used when the key is absent (it is checked like a value
+    from the file); None keeps None; `_REQUIRED` reports the key as missing.
+    """
+
+    spec: Spec
+    default: Any = _REQUIRED
+
+
+Rule = Callable[[Mapping[str, Any], _Ctx, str], None]
+
+
+class Table(Spec):
+    """A TOML table: known keys only; builds `build(**values)` when every value is good.
+
+    `rules` check combinations of keys; they get the values with `_BAD` for bad ones.
+    """
+
+    types = (dict,)
+    expected = "a table"
+
+    def __init__(
+        self, build: Callable[..., Any], keys: Mapping[str, Key], rules: Sequence[Rule] = ()
+    ) -> None:
+        self.build = build
+        self.keys = keys
+        self.rules = rules
+        self.known = "one of: " + ", ".join(sorted(keys))
+
+    def parse(self, value: Any, ctx: _Ctx, key: str) -> Any:
+        if not isinstance(value, dict):
+            return super().parse(value, ctx, key)  # reports the wrong type
+        for name in value:
+            if name not in self.keys:
+                ctx.report(_join(key, name), "unknown key" + self._suggest(name), self.known)
+        values: dict[str, Any] = {}
+        for name, spec_key in self.keys.items():
+            where = _join(key, name)
+            if name in value:
+                values[name] = spec_key.spec.parse(value[name], ctx, where)
+            elif spec_key.default is _REQUIRED:
+                ctx.report(where, "missing", spec_key.spec.expected)
+                values[name] = _BAD
+            elif spec_key.default is None:
+                values[name] = None
+            else:
+                values[name] = spec_key.spec.parse(spec_key.default, ctx, where)
+        for rule in self.rules:
+            rule(values, ctx, key)
+        if any(isinstance(v, _Bad) for v in values.values()):
+            return _Bad(values)
+        return self.build(**values)
+
+    def _suggest(self, name: str) -> str:
+        if len(name) > 64:
+            return ""
+        close = difflib.get_close_matches(name.lower(), list(self.keys), n=1)
+        return f' — did you mean "{close[0]}"?' if close else ""
+
+
+class Unique:
+    """Items of a list must differ in their `keys` together, or as a whole without keys.
+
+    `keys` are keys of the item tables (and fields of what they build). Unset (None) and
+    bad values are not compared.
+    """
+
+    def __init__(self, *keys: str) -> None:
+        self.keys = keys
+        self.what = " and ".join(keys) or "entry"
+
+    def _of(self, item: Any) -> tuple[Any, ...] | None:
+        if not self.keys:
+            values: tuple[Any, ...] = () if isinstance(item, _Bad) else (item,)
+        elif isinstance(item, _Bad):
+            values = tuple(item.values.get(k, _BAD) for k in self.keys)
+        else:
+            values = tuple(getattr(item, k) for k in self.keys)
+        if not values or any(v is None or isinstance(v, _Bad) for v in values):
+            return None
+        return values
+
+    def check(self, items: Sequence[Any], ctx: _Ctx, key: str) -> None:
+        seen: dict[tuple[Any, ...], int] = {}
+        for i, item in enumerate(items):
+            values = self._of(item)
+            if values is None:
+                continue
+            if values not in seen:
+                seen[values] = i
+                continue
+            where, shown = f"{key}[{i}]", _show(values[0])
+            if len(self.keys) == 1:
+                where = _join(where, self.keys[0])
+            elif self.keys:
+                shown = " and ".join(
+                    f"{k} {_show(v)}" for k, v in zip(self.keys, values, strict=True)
+                )
+            first = f"{key}[{seen[values]}]"
+            ctx.report(where, f"duplicate {shown}", f"a unique {self.what}; {first} has the same")
+
+
+class ListOf(Spec):
+    types = (list,)
+
+    def __init__(self, item: Spec, expected: str, unique: Sequence[Unique] = ()) -> None:
+        self.item = item
+        self.expected = expected
+        self.unique = unique
+
+    def parse(self, value: Any, ctx: _Ctx, key: str) -> Any:
+        if not isinstance(value, list):
+            return super().parse(value, ctx, key)  # reports the wrong type
+        items = [self.item.parse(v, ctx, f"{key}[{i}]") for i, v in enumerate(value)]
+        for unique in self.unique:
+            unique.check(items, ctx, key)
+        if any(isinstance(item, _Bad) for item in items):
+            return _BAD
+        return tuple(items)
+
+
+# --- the schema ---------------------------------------------------------------------------
+
+_PORT = Integer(1, 65535)
+
+
+def _broker_mode_rules(values: Mapping[str, Any], ctx: _Ctx, key: str) -> None:
+    mode, external = values["mode"], values["external"]
+    if mode == "embedded":
+        if values["listeners"] == ():
+            ctx.report(
+                _join(key, "listeners"),
+                "missing",
+                'at least one [[broker.listeners]] table when broker.mode = "embedded"',
+            )
+        if external is not None:
+            ctx.report(
+                _join(key, "external"),
+                'only used when broker.mode = "external"',
+                'no [broker.external] table when broker.mode = "embedded"',
+            )
+    elif mode == "external" and external is None:
+        ctx.report(
+            _join(key, "external"),
+            "missing",
+            'a [broker.external] table when broker.mode = "external"',
+        )
+
+
+def _external_broker(
+    *,
+    host: str,
+    port: int | None,
+    username: str,
+    password_file: Path,
+    tls: bool,
+    ca_file: Path | None,
+) -> ExternalBroker:
+    if port is None:
+        port = 8883 if tls else 1883
+    return ExternalBroker(host, port, username, password_file, tls, ca_file)
+
+
+def _device(*, id: str, name: str | None, kind: str, mac: str | None, ip: str | None) -> DeviceDecl:
+    return DeviceDecl(id=id, name=id if name is None else name, kind=kind, mac=mac, ip=ip)
+
+
+_GATEWAY = Table(
+    GatewayConfig,
+    {
+        "state_dir": Key(FilePath("a directory path"), "/var/lib/home-gateway"),
+        "runtime_dir": Key(FilePath("a directory path"), None),
+        "log_level": Key(Choice("debug", "info", "warning", "error"), "info"),
+    },
+)
+
+_LISTENER = Table(
+    Listener,
+    {
+        "address": Key(IPAddress()),
+        "port": Key(_PORT),
+        "tls": Key(Boolean(), False),
+    },
+)
+
+_EXTERNAL = Table(
+    _external_broker,
+    {
+        "host": Key(Text("a host name or IP address", 253, r"[A-Za-z0-9._:%-]+")),
+        "port": Key(_PORT, None),  # None: 8883 with TLS, else 1883
+        "username": Key(Text("a non-empty user name", 256)),
+        "password_file": Key(FilePath("a file path")),
+        "tls": Key(Boolean(), True),
+        "ca_file": Key(FilePath("a file path"), None),
+    },
+)
+
+_BROKER = Table(
+    BrokerConfig,
+    {
+        "mode": Key(Choice("embedded", "external"), "embedded"),
+        "executable": Key(Text("a program path"), "/usr/sbin/mosquitto"),
+        "max_packet_size": Key(Integer(1024, 268435455), 1048576),
+        "listeners": Key(ListOf(_LISTENER, "an array of tables", [Unique("address", "port")]), []),
+        "external": Key(_EXTERNAL, None),
+    },
+    rules=[_broker_mode_rules],
+)
+
+_WEB = Table(
+    WebConfig,
+    {"listen": Key(ListOf(HostPort(), "an array of strings", [Unique()]), [])},
+)
+
+_TELEMETRY = Table(
+    TelemetryConfig,
+    {
+        "max_payload_bytes": Key(Integer(64, 1048576), 16384),
+        "history_size": Key(Integer(1, 100000), 360),
+        "max_future_skew_s": Key(Integer(0, 86400), 300),
+        "max_age_s": Key(Integer(60, 31536000), 86400),
+        "invalid_audit_interval_s": Key(Integer(1, 86400), 60),
+    },
+)
+
+_DEVICE = Table(
+    _device,
+    {
+        "id": Key(Text('3 to 40 characters from a-z, 0-9 and "-"', 40, r"[a-z0-9-]{3,40}")),
+        "name": Key(Text("a name of 1 to 64 characters", 64), None),  # None: the id
+        "kind": Key(Choice(*sorted(KINDS))),
+        "mac": Key(MacAddress(), None),
+        "ip": Key(IPAddress(), None),
+    },
+)
+
+_ROOT = Table(
+    dict,
+    {
+        "gateway": Key(_GATEWAY, {}),
+        "broker": Key(_BROKER, {}),
+        "web": Key(_WEB, {}),
+        "telemetry": Key(_TELEMETRY, {}),
+        "devices": Key(
+            ListOf(
+                _DEVICE,
+                "an array of tables",
+                [Unique("id"), Unique("mac"), Unique("ip")],
+            ),
+            [],
+        ),
+    },
+)
+
+
+# --- entry points -------------------------------------------------------------------------
+
+_AT_LINE = re.compile(r"(.*) \(at line (\d+), column (\d+)\)", re.DOTALL)
+_AT_END = " (at end of document)"
+
+
+def _syntax_error(source: str, text: str, message: str) -> ConfigError:
+    """The error for a TOML syntax problem, with its line and column when known."""
+    where = ""
+    match = _AT_LINE.fullmatch(message)
+    if match:
+        message, where = match[1], f"line {match[2]}, column {match[3]}"
+    elif message.endswith(_AT_END):
+        message = message.removesuffix(_AT_END)
+        line, column = text.count("\n") + 1, len(text) - text.rfind("\n")
+        where = f"line {line}, column {column}"
+    prefix = f"{source}:{where}:" if where else f"{source}:"
+    return ConfigError([f"{prefix} TOML syntax error: {message} (expected valid TOML)"])
+
+
+def parse_config(text: str, path: str | Path = "<string>") -> Config:
+    """Parse and check config text; `path` names it in messages and anchors relative paths."""
+    source = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise _syntax_error(source, text, str(err)) from None
+    except ValueError as err:  # an integer with more digits than Python converts
+        raise _syntax_error(source, text, str(err).split(":")[0]) from None
+    except RecursionError:
+        raise _syntax_error(source, text, "nested too deeply") from None
+    ctx = _Ctx(source, Path(path).absolute().parent)
+    values = _ROOT.parse(data, ctx, "")
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    return Config(source=Path(path), **values)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check the config file at `path` (usually `DEFAULT_CONFIG_PATH`)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")  # tolerate a byte order mark
+    except OSError as err:
+        reason = err.strerror or str(err)
+        reason = reason[:1].lower() + reason[1:]
+    except UnicodeDecodeError as err:
+        reason = f"not valid UTF-8 (byte {err.start})"
+    except ValueError as err:  # e.g. a NUL in the path
+        reason = str(err)
+    else:
+        return parse_config(text, path)
+    raise ConfigError([f"{path}: cannot read: {reason} (expected a readable UTF-8 file)"])

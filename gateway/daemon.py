@@ -1,0 +1,311 @@
+"""The daemon: composes the services, owns their start/stop order, reload and health.
+
+Start: store -> broker -> the gateway's MQTT session -> devices -> control socket -> READY.
+Stop is the reverse. SIGHUP re-reads the config; an invalid one is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.aio import cancel_and_wait
+from gateway.broker.dynsec import RESPONSE_TOPIC, DynsecClient
+from gateway.broker.process import BrokerError, EmbeddedBroker
+from gateway.broker.render import GATEWAY_USERNAME, BrokerFiles, ListenerSpec, client_address
+from gateway.config import Config, ConfigError, load_config
+from gateway.control import ControlError, ControlServer
+from gateway.credentials.secrets import load_or_create_secret
+from gateway.devices.registry import DeviceError
+from gateway.devices.service import CommandRejected, DeviceService
+from gateway.devices.topics import GATEWAY_SUBSCRIPTIONS
+from gateway.devices.validate import Limits
+from gateway.mqtt import Endpoint, MqttSession, Will
+from gateway.store import Store
+from gateway.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 15.0
+STATUS_INTERVAL_S = 5.0
+STATUS_TOPIC = "home-gateway/status"
+
+
+class StartupError(Exception):
+    pass
+
+
+def runtime_dir(config: Config) -> Path:
+    """Where the control socket lives: the configured path, systemd's RuntimeDirectory,
+    or a folder inside the state dir (for the demo and tests)."""
+    if config.gateway.runtime_dir is not None:
+        return config.gateway.runtime_dir
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    return config.gateway.state_dir / "run"
+
+
+def control_socket(config: Config) -> Path:
+    return runtime_dir(config) / "control.sock"
+
+
+def open_store(config: Config) -> Store:
+    config.gateway.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Store(config.gateway.state_dir / "gateway.db")
+
+
+def listener_specs(config: Config) -> list[ListenerSpec]:
+    return [ListenerSpec(x.address, x.port, x.tls) for x in config.broker.listeners]
+
+
+def broker_endpoint(config: Config, files: BrokerFiles) -> Endpoint:
+    if config.broker.mode == "embedded":
+        first = listener_specs(config)[0]
+        return Endpoint(client_address(first), first.port, GATEWAY_USERNAME,
+                        load_or_create_secret(files.gateway_secret))
+    external = config.broker.external
+    assert external is not None
+    password = Path(external.password_file).read_text().strip()
+    tls = ssl.create_default_context(cafile=external.ca_file) if external.tls else None
+    return Endpoint(external.host, external.port, external.username, password, tls)
+
+
+class Daemon:
+    def __init__(self, config: Config, notifier: Notifier | None = None,
+                 config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.started_at = time.monotonic()
+        self.store = open_store(config)
+        self.files = BrokerFiles(config.gateway.state_dir / "broker")
+        self.endpoint = broker_endpoint(config, self.files)
+        self.broker: EmbeddedBroker | None = None
+        if config.broker.mode == "embedded":
+            self.broker = EmbeddedBroker(
+                self.files, listener_specs(config), executable=config.broker.executable,
+                max_packet_size=config.broker.max_packet_size, store=self.store,
+                gateway_password=self.endpoint.password or "", on_restart=self._broker_restarted)
+        self.session = MqttSession(
+            self.endpoint, client_id="home-gateway", on_message=self._route,
+            subscriptions=[(t, 1) for t in (*GATEWAY_SUBSCRIPTIONS, RESPONSE_TOPIC)],
+            on_connect=self._connected, will=Will(STATUS_TOPIC, b"offline"))
+        self.dynsec = DynsecClient(self.session)
+        telemetry = config.telemetry
+        self.devices = DeviceService(
+            self.store, self.session, self.dynsec,
+            limits=Limits(telemetry.max_payload_bytes, telemetry.max_future_skew_s,
+                          telemetry.max_age_s),
+            history_size=telemetry.history_size,
+            invalid_audit_interval_s=telemetry.invalid_audit_interval_s)
+        self.control = ControlServer(control_socket(config), {
+            "status": self._op_status,
+            "device.add": self._op_device_add,
+            "device.remove": self._op_device_remove,
+            "device.credential": self._op_device_credential,
+            "device.command": self._op_device_command,
+        })
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.running = False
+
+    # -- health and status -------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        broker_ok = self.broker is None or self.broker.running
+        return self.running and broker_ok and self.session.connected
+
+    def status(self) -> dict[str, Any]:
+        c = self.devices.counters
+        return {
+            "healthy": self.healthy,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "broker": {
+                "mode": self.config.broker.mode,
+                "running": self.broker.running if self.broker else None,
+                "pid": self.broker.pid if self.broker else None,
+                "restarts": self.broker.restarts if self.broker else 0,
+                "connected": self.session.connected,
+            },
+            "devices": {"total": len(self.devices.devices()), "online": self.devices.online()},
+            "messages": {"accepted": c.accepted, "rejected": c.rejected, "unknown": c.unknown,
+                         "commands": c.commands, "rejected_by_reason": dict(c.by_reason)},
+        }
+
+    def status_line(self) -> str:
+        s = self.status()
+        if not s["healthy"]:
+            broker = "broker down" if s["broker"]["running"] is False else "broker unreachable"
+            return f"Degraded: {broker}; reconnecting"
+        d, m = s["devices"], s["messages"]
+        return (f"Running: {d['online']}/{d['total']} devices online, "
+                f"{m['accepted']} messages accepted, {m['rejected']} rejected")
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.notifier.status("Starting broker")
+        if self.broker is not None:
+            try:
+                await self.broker.start()
+            except (BrokerError, OSError, ValueError) as exc:
+                raise StartupError(f"broker: {exc}") from exc
+        self.session.start()
+        try:
+            await self.session.wait_connected(CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            raise StartupError(
+                f"could not connect to the broker at {self.endpoint.host}:{self.endpoint.port}"
+                f" ({self.session.last_error or 'no answer'})") from None
+        await self.devices.sync_declared(
+            (d.id, d.name, d.kind, d.mac, d.ip) for d in self.config.devices)
+        await self.devices.start()
+        await self.control.start()
+        self.running = True
+        self.store.audit("system", "daemon.start", "ok")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.notifier.watchdog(lambda: self.healthy)),
+                       loop.create_task(self._status_loop())]
+        self.notifier.ready(self.status_line())
+        log.info("gateway ready: %s", self.status_line())
+
+    async def stop(self) -> None:
+        self.notifier.stopping("Stopping")
+        self.running = False
+        await cancel_and_wait(*self._tasks)
+        await self.control.stop()
+        await self.devices.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.session.publish(STATUS_TOPIC, b"offline", 1, True), 1)
+        await self.session.stop()
+        if self.broker is not None:
+            await self.broker.stop()
+        self.store.audit("system", "daemon.stop", "ok")
+        self.store.close()
+        log.info("gateway stopped")
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, stop. SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def reload(self) -> None:
+        if self.config_path is None:
+            return
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload rejected: %s", problem)
+            self.store.audit("system", "config.reload", "rejected",
+                             detail=f"{len(exc.problems)} problem(s)")
+            self.notifier.ready(self.status_line())
+            return
+        old, self.config = self.config, new
+        if new.gateway.state_dir != old.gateway.state_dir or new.broker.mode != old.broker.mode:
+            log.warning("reload: gateway.state_dir and broker.mode take effect at restart")
+        logging.getLogger().setLevel(new.gateway.log_level.upper())
+        broker_changed = (new.broker.listeners, new.broker.max_packet_size) != (
+            old.broker.listeners, old.broker.max_packet_size)
+        if self.broker is not None and broker_changed:
+            self.broker.listeners = tuple(listener_specs(new))
+            self.broker.max_packet_size = new.broker.max_packet_size
+            await self.broker.restart()
+        await self.devices.sync_declared((d.id, d.name, d.kind, d.mac, d.ip) for d in new.devices)
+        self.store.audit("system", "config.reload", "ok")
+        log.info("configuration reloaded from %s", self.config_path)
+        self.notifier.ready(self.status_line())
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _route(self, message: Any) -> None:
+        if message.topic == RESPONSE_TOPIC:
+            self.dynsec.handle(message)
+        else:
+            self.devices.handle(message)
+
+    async def _connected(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.session.publish(STATUS_TOPIC, b"online", qos=1, retain=True)
+
+    def _broker_restarted(self, count: int, reason: str) -> None:
+        self.store.audit("system", "broker.restart", "ok", detail=f"{reason}; restart {count}")
+
+    async def _status_loop(self) -> None:
+        last = ""
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            line = self.status_line()
+            if line != last:
+                self.notifier.status(line)
+                last = line
+
+    # -- control operations ------------------------------------------------------------
+
+    async def _op_status(self, args: dict[str, Any]) -> Any:
+        return self.status()
+
+    async def _op_device_add(self, args: dict[str, Any]) -> Any:
+        try:
+            device = await self.devices.add(str(args["id"]), str(args["kind"]),
+                                            name=args.get("name"), source="cli",
+                                            mac=args.get("mac"), ip=args.get("ip"))
+            username, secret = await self.devices.issue_credential(device.id)
+        except (KeyError, DeviceError) as exc:
+            raise ControlError(str(exc)) from None
+        return {"id": device.id, "username": username, "password": secret}
+
+    async def _op_device_remove(self, args: dict[str, Any]) -> Any:
+        try:
+            await self.devices.remove(str(args["id"]))
+        except (KeyError, DeviceError) as exc:
+            raise ControlError(str(exc)) from None
+        return {"id": args["id"]}
+
+    async def _op_device_credential(self, args: dict[str, Any]) -> Any:
+        try:
+            username, secret = await self.devices.issue_credential(str(args["id"]))
+        except (KeyError, DeviceError) as exc:
+            raise ControlError(str(exc)) from None
+        return {"id": args["id"], "username": username, "password": secret}
+
+    async def _op_device_command(self, args: dict[str, Any]) -> Any:
+        try:
+            return await self.devices.send_command(
+                str(args["id"]), str(args["action"]), args.get("params") or {}, source="admin")
+        except CommandRejected as exc:
+            raise ControlError(str(exc)) from None
+
+
+def run_daemon(config: Config, config_path: Path | None,
+               ready: Callable[[Daemon], None] | None = None) -> int:
+    """Run until stopped; 0 on a clean stop, 1 when start-up failed."""
+    async def main() -> int:
+        daemon = Daemon(config, config_path=config_path)
+        try:
+            await daemon.run()
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        return 0
+    return asyncio.run(main())

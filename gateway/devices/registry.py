@@ -1,0 +1,82 @@
+"""The device registry: adding, credentialing and removing devices in the store.
+
+Used by the running daemon (which then updates the live broker) and by the CLI when no
+daemon runs (the broker picks the change up when it is next rendered).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from gateway.credentials.secrets import hash_password, new_secret
+from gateway.devices.kinds import KINDS
+from gateway.devices.topics import DEVICE_ID
+from gateway.store import Device, Store
+
+MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
+
+
+class DeviceError(ValueError):
+    pass
+
+
+def normalize_mac(mac: str) -> str:
+    """'AA-BB-…' -> 'aa:bb:…'; raises DeviceError for anything else."""
+    if not MAC.match(mac.lower()):
+        raise DeviceError(f"MAC address {mac!r} is not like aa:bb:cc:dd:ee:ff")
+    return mac.lower().replace("-", ":")
+
+
+def normalize_ip(ip: str) -> str:
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        raise DeviceError(f"{ip!r} is not an IPv4 or IPv6 address") from None
+
+
+def check_device(id: str, kind: str) -> None:
+    if not DEVICE_ID.match(id):
+        raise DeviceError(f"device id {id!r} must be 3 to 40 of a-z, 0-9 and '-'")
+    if kind not in KINDS:
+        raise DeviceError(f"unknown kind {kind!r} (expected one of: {', '.join(sorted(KINDS))})")
+
+
+class Registry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def add(self, id: str, kind: str, *, name: str | None = None, source: str,
+            mac: str | None = None, ip: str | None = None, actor: str = "admin") -> Device:
+        check_device(id, kind)
+        existing = self.store.device(id)
+        if existing is not None and existing.status != "removed" and existing.source != source:
+            raise DeviceError(f"device {id!r} already exists (added by {existing.source})")
+        device = self.store.add_device(
+            id, name or id, kind, status="adopted", source=source,
+            mac=normalize_mac(mac) if mac else None, ip=normalize_ip(ip) if ip else None)
+        if existing is None or existing.status == "removed":
+            self.store.audit(actor, "device.add", "ok", target=id, detail=f"kind={kind}")
+        return device
+
+    def issue_credential(self, id: str, actor: str = "admin") -> tuple[str, str]:
+        """A new broker credential for `id`, replacing any older one: (username, secret).
+        Only the hash is stored; the secret is returned once and never kept."""
+        device = self.store.device(id)
+        if device is None or device.status == "removed":
+            raise DeviceError(f"no device {id!r}")
+        secret = new_secret()
+        username = self.store.replace_credential(id, hash_password(secret))
+        self.store.audit(actor, "credential.issue", "ok", target=id, detail=f"user={username}")
+        return username, secret
+
+    def remove(self, id: str, actor: str = "admin") -> list[str]:
+        """Mark `id` removed and drop its credentials; return the usernames dropped."""
+        device = self.store.device(id)
+        if device is None or device.status == "removed":
+            raise DeviceError(f"no device {id!r}")
+        usernames = [c.username for c in self.store.credentials() if c.device_id == id]
+        self.store.delete_credentials(id)
+        self.store.set_device_status(id, "removed")
+        self.store.audit(actor, "device.remove", "ok", target=id)
+        return usernames

@@ -1,0 +1,272 @@
+"""The live device service: takes in what devices send, sends them commands, and keeps the
+broker's clients in step with the registry.
+
+The hot path (one telemetry message) is: parse and validate, merge into the in-memory
+state, republish on home-gateway/<id>/state. The store is written in batches once a second,
+so no message waits for SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.aio import cancel_and_wait
+from gateway.broker.dynsec import DynsecClient
+from gateway.broker.render import create_device_client_commands, delete_device_client_commands
+from gateway.devices.kinds import check_command
+from gateway.devices.registry import DeviceError, Registry
+from gateway.devices.topics import bridge_state_topic, device_topic, parse_device_topic
+from gateway.devices.validate import Invalid, Limits, parse_command_result, parse_reading
+from gateway.mqtt import Message, MqttSession
+from gateway.store import Device, Store
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S = 1.0
+COMMAND_TIMEOUT_S = 10.0
+
+
+class CommandRejected(Exception):
+    """A command that was not sent; str() is the reason."""
+
+
+@dataclass(slots=True)
+class Live:
+    """What the daemon knows of one device since it started."""
+
+    state: dict[str, Any]
+    last_seen: float | None = None
+    invalid: int = 0
+    dirty: bool = False
+    # Rejections not yet audited, so a flood becomes one audit line per interval.
+    unaudited: int = 0
+    last_reason: str = ""
+    last_audit: float = 0.0
+
+
+@dataclass(slots=True)
+class Counters:
+    accepted: int = 0
+    rejected: int = 0
+    unknown: int = 0
+    commands: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class DeviceService:
+    def __init__(self, store: Store, session: MqttSession, dynsec: DynsecClient, *,
+                 limits: Limits, history_size: int, invalid_audit_interval_s: float) -> None:
+        self.store = store
+        self.registry = Registry(store)
+        self.session = session
+        self.dynsec = dynsec
+        self.limits = limits
+        self.history_size = history_size
+        self.audit_interval = invalid_audit_interval_s
+        self.counters = Counters()
+        self._devices: dict[str, Device] = {}
+        self._live: dict[str, Live] = {}
+        self._telemetry: list[tuple[str, float, str]] = []
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._data_version = -1
+        self.reload()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop(),
+                                                               name="devices-flush")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._flusher)
+        self.flush()
+        for future in self._pending.values():
+            future.cancel()
+
+    def reload(self) -> None:
+        """Re-read the registry (after our own change, or another process's)."""
+        self._devices = {d.id: d for d in self.store.devices()}
+        for device in self._devices.values():
+            if device.id not in self._live:
+                self._live[device.id] = Live(state=dict(device.state),
+                                             last_seen=device.last_seen,
+                                             invalid=device.invalid_messages)
+        self._data_version = self.store.data_version()
+
+    def devices(self) -> list[Device]:
+        return list(self._devices.values())
+
+    def online(self, within_s: float = 120.0) -> int:
+        now = time.time()
+        return sum(1 for d in self._devices if (seen := self._live[d].last_seen) is not None
+                   and now - seen < within_s)
+
+    # -- what devices send -------------------------------------------------------------
+
+    def handle(self, message: Message) -> None:
+        parsed = parse_device_topic(message.topic)
+        device = self._devices.get(parsed[0]) if parsed else None
+        if parsed is None or device is None:
+            self.counters.unknown += 1
+            return
+        device_id, leaf = parsed
+        live = self._live[device_id]
+        now = time.time()
+        if leaf in ("telemetry", "state"):
+            try:
+                reading = parse_reading(message.payload, now, self.limits)
+            except Invalid as exc:
+                self._reject(device_id, live, leaf, str(exc), now)
+                return
+            live.state.update(reading.values)
+            live.last_seen = now
+            live.dirty = True
+            self.counters.accepted += 1
+            if leaf == "telemetry":
+                self._telemetry.append((device_id, reading.ts, json.dumps(reading.values)))
+            state = dict(live.state, ts=round(reading.ts, 3))
+            self.session.publish_nowait(bridge_state_topic(device_id), json.dumps(state),
+                                        retain=True)
+        elif leaf == "cmd/result":
+            try:
+                result = parse_command_result(message.payload, self.limits)
+            except Invalid as exc:
+                self._reject(device_id, live, leaf, str(exc), now)
+                return
+            future = self._pending.get(f"{device_id}/{result['id']}")
+            if future is not None and not future.done():
+                future.set_result(result)
+            live.last_seen = now
+            live.dirty = True
+
+    def _reject(self, device_id: str, live: Live, leaf: str, reason: str, now: float) -> None:
+        self.counters.rejected += 1
+        self.counters.by_reason[reason.split(" (")[0]] = (
+            self.counters.by_reason.get(reason.split(" (")[0], 0) + 1)
+        live.invalid += 1
+        live.unaudited += 1
+        live.last_reason = f"{leaf}: {reason}"
+        live.dirty = True
+        if now - live.last_audit >= self.audit_interval:
+            self._audit_rejections(device_id, live, now)
+
+    def _audit_rejections(self, device_id: str, live: Live, now: float) -> None:
+        self.store.audit(f"device:{device_id}", "message.invalid", "dropped", target=device_id,
+                         detail=f"{live.unaudited} dropped; last: {live.last_reason}")
+        log.warning("device %s: dropped %d invalid message(s); last: %s", device_id,
+                    live.unaudited, live.last_reason)
+        live.unaudited = 0
+        live.last_audit = now
+
+    # -- persistence -------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            try:
+                self.flush()
+                if self.store.data_version() != self._data_version:
+                    self.reload()
+            except Exception:
+                log.exception("devices: could not write to the store")
+
+    def flush(self) -> None:
+        """Write buffered telemetry, device activity and due rejection audits."""
+        rows, self._telemetry = self._telemetry, []
+        if rows:
+            self.store.add_telemetry(rows, self.history_size)
+        now = time.time()
+        activity = []
+        for device_id, live in self._live.items():
+            if live.unaudited and now - live.last_audit >= self.audit_interval:
+                self._audit_rejections(device_id, live, now)
+            if live.dirty and device_id in self._devices:
+                activity.append((device_id, live.last_seen or 0.0, live.invalid,
+                                 json.dumps(live.state)))
+                live.dirty = False
+        if activity:
+            self.store.save_device_activity(activity)
+        self._data_version = self.store.data_version()
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def send_command(self, device_id: str, action: str, params: dict[str, Any], *,
+                           source: str, timeout: float = COMMAND_TIMEOUT_S) -> dict[str, Any]:
+        """Validate, send and await the device's result. Every outcome is audited."""
+        device = self._devices.get(device_id)
+        problem = (f"unknown device {device_id!r}" if device is None
+                   else check_command(device.kind, action, params))
+        if problem:
+            self.store.audit(source, "command", "rejected", target=device_id,
+                             detail=f"{action}: {problem}")
+            raise CommandRejected(problem)
+        command_id = secrets.token_hex(8)
+        key = f"{device_id}/{command_id}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        self.counters.commands += 1
+        try:
+            payload = json.dumps({"id": command_id, "action": action, "params": params})
+            await self.session.publish(device_topic(device_id, "cmd"), payload, qos=1)
+            result = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.store.audit(source, "command", "timeout", target=device_id, detail=action)
+            raise CommandRejected(f"no result from {device_id} within {timeout:g} s") from None
+        finally:
+            self._pending.pop(key, None)
+        self.store.audit(source, "command", str(result["status"]), target=device_id,
+                         detail=action)
+        return result
+
+    # -- registry changes, applied to the live broker ---------------------------------
+
+    async def add(self, id: str, kind: str, *, name: str | None = None, source: str,
+                  mac: str | None = None, ip: str | None = None,
+                  actor: str = "admin") -> Device:
+        device = self.registry.add(id, kind, name=name, source=source, mac=mac, ip=ip,
+                                   actor=actor)
+        self.reload()
+        return device
+
+    async def issue_credential(self, id: str, actor: str = "admin") -> tuple[str, str]:
+        old = [c.username for c in self.store.credentials() if c.device_id == id]
+        username, secret = self.registry.issue_credential(id, actor)
+        await self._apply(delete_device_client_commands(id, old)
+                          + create_device_client_commands(id, username, secret))
+        return username, secret
+
+    async def remove(self, id: str, actor: str = "admin") -> None:
+        usernames = self.registry.remove(id, actor)
+        self.reload()
+        self._live.pop(id, None)
+        await self._apply(delete_device_client_commands(id, usernames))
+        # Clear the retained bridge state so nothing downstream shows a ghost.
+        with contextlib.suppress(Exception):
+            await self.session.publish(bridge_state_topic(id), b"", qos=1, retain=True)
+
+    async def sync_declared(self, declared: Iterable[tuple[str, str, str, str | None,
+                                                           str | None]]) -> None:
+        """Devices declared in the config file: (id, name, kind, mac, ip)."""
+        for id, name, kind, mac, ip in declared:
+            try:
+                self.registry.add(id, kind, name=name, source="config", mac=mac, ip=ip,
+                                  actor="config")
+            except DeviceError as exc:
+                log.error("config: device %s: %s", id, exc)
+        self.reload()
+
+    async def _apply(self, commands: list[dict[str, Any]]) -> None:
+        try:
+            await self.dynsec.execute(commands, ignore=("not found", "already exists"))
+        except Exception as exc:
+            # The database already holds the change; the next broker start applies it.
+            log.warning("broker: live update deferred to the next broker start: %s", exc)

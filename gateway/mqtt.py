@@ -1,0 +1,259 @@
+"""The one MQTT client adapter (DESIGN §4).
+
+It hides the two client generations Debian ships: `aiomqtt` 2.x (preferred; trixie's
+python3-asyncio-mqtt) and `asyncio_mqtt` 0.16 (bookworm's python3-asyncio-mqtt). Neither
+reconnects by itself, a 0.16 client object is single-use, and 0.16 drops messages that
+arrive before its message iterator is entered, so `MqttSession` owns all three: it makes a
+fresh client per connection, enters the iterator before subscribing, resubscribes after
+every reconnect and backs off with jitter between attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.aio import cancel_and_wait
+
+try:  # aiomqtt 2.x: PyPI, and trixie's python3-asyncio-mqtt
+    import aiomqtt as _lib
+
+    GENERATION = 2
+except ImportError:  # bookworm's python3-asyncio-mqtt 0.16
+    import asyncio_mqtt as _lib  # type: ignore[no-redef]
+
+    GENERATION = 0
+
+log = logging.getLogger(__name__)
+
+MqttError: type[Exception] = _lib.MqttError
+CONNECT_TIMEOUT_S = 10
+# Small control messages must not wait for Nagle + delayed ACK (~40 ms a round trip).
+SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+class NotConnected(Exception):
+    """Raised by publish() while the session has no live connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool = False
+    qos: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and as whom to connect. `repr` never shows the password."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: ssl.SSLContext | None = None
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential backoff with jitter: each delay is drawn from [½·d, d], d doubling."""
+
+    initial: float = 0.25
+    maximum: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def make_client(endpoint: Endpoint, client_id: str, *, will: Will | None = None,
+                keepalive: int = 30) -> Any:
+    """A library client for one connection attempt (0.16 clients are single-use)."""
+    lib_will = _lib.Will(will.topic, will.payload, will.qos, will.retain) if will else None
+    common: dict[str, Any] = {
+        "username": endpoint.username,
+        "password": endpoint.password,
+        "tls_context": endpoint.tls,
+        "will": lib_will,
+        "keepalive": keepalive,
+        "socket_options": SOCKET_OPTIONS,
+    }
+    if GENERATION == 2:
+        return _lib.Client(endpoint.host, endpoint.port, identifier=client_id,
+                           timeout=CONNECT_TIMEOUT_S, **common)
+    return _lib.Client(endpoint.host, endpoint.port, client_id=client_id,  # type: ignore[call-arg]
+                       **common)
+
+
+@contextlib.asynccontextmanager
+async def connected_messages(client: Any) -> AsyncIterator[AsyncIterator[Any]]:
+    """Enter `client`'s connection and message iterator in the order each generation needs.
+
+    Subscribe inside this block: with 0.16 the iterator is already entered, so nothing
+    (retained messages included) that arrives after the SUBSCRIBE is lost.
+    """
+    async with client:
+        if GENERATION == 2:
+            yield client.messages
+        else:
+            async with client.messages() as messages:
+                yield messages
+
+
+def convert(message: Any) -> Message:
+    payload = message.payload
+    if isinstance(payload, str):
+        payload = payload.encode()
+    elif payload is None:
+        payload = b""
+    return Message(message.topic.value, bytes(payload), bool(message.retain), int(message.qos))
+
+
+class MqttSession:
+    """A long-lived MQTT session: reconnects, resubscribes and dispatches every message.
+
+    `on_message` is called synchronously on the event loop for each message, in order;
+    it must not block (schedule slow work yourself). `on_connect` runs after every
+    (re)connection once the subscriptions are in place.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        client_id: str,
+        on_message: Callable[[Message], None],
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_connect: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        will: Will | None = None,
+        keepalive: int = 30,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self._on_message = on_message
+        self._subscriptions = list(subscriptions)
+        self._on_connect = on_connect
+        self._will = will
+        self._keepalive = keepalive
+        self._backoff = backoff or Backoff()
+        self._client: Any = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._hooks: set[asyncio.Task[None]] = set()
+        self.connections = 0  # successful connections so far, for status and tests
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"mqtt:{self.client_id}"
+            )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        client = self._client
+        if client is not None:  # a clean DISCONNECT, so the broker does not send our will
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), 2)
+        await cancel_and_wait(task, *self._hooks)
+
+    async def __aenter__(self) -> MqttSession:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def subscribe(self, topic: str, qos: int = 0) -> None:
+        """Subscribe now (if connected) and again after every reconnect."""
+        self._subscriptions.append((topic, qos))
+        if self._client is not None and self.connected:
+            await self._client.subscribe(topic, qos)
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 0,
+                      retain: bool = False) -> None:
+        client = self._client
+        if client is None or not self.connected:
+            raise NotConnected(f"not connected to {self.endpoint.host}:{self.endpoint.port}")
+        await client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_nowait(self, topic: str, payload: bytes | str, retain: bool = False) -> bool:
+        """QoS 0 fire-and-forget for hot paths: hands the packet to paho without awaiting
+        the write callback (both generations keep the paho client in `_client`)."""
+        client = self._client
+        if client is None or not self.connected:
+            return False
+        info = client._client.publish(topic, payload, 0, retain)
+        return bool(info.rc == 0)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._connect_and_dispatch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the library raises MqttError and OSError subclasses
+                self.last_error = str(exc) or type(exc).__name__
+            finally:
+                self._connected.clear()
+                self._client = None
+            delay = self._backoff.next_delay()
+            log.debug("%s: disconnected (%s); retrying in %.2f s", self.client_id,
+                      self.last_error, delay)
+            await asyncio.sleep(delay)
+
+    async def _connect_and_dispatch(self) -> None:
+        client = make_client(self.endpoint, self.client_id, will=self._will,
+                             keepalive=self._keepalive)
+        async with connected_messages(client) as messages:
+            for topic, qos in self._subscriptions:
+                await client.subscribe(topic, qos)
+            self._client = client
+            self._connected.set()
+            self.connections += 1
+            self._backoff.reset()
+            self.last_error = None
+            log.debug("%s: connected to %s:%d", self.client_id, self.endpoint.host,
+                      self.endpoint.port)
+            if self._on_connect is not None:
+                hook = asyncio.get_running_loop().create_task(self._on_connect())
+                self._hooks.add(hook)
+                hook.add_done_callback(self._hooks.discard)
+            dispatch = self._on_message
+            async for message in messages:
+                try:
+                    dispatch(convert(message))
+                except Exception:  # one bad handler call must not end the session
+                    log.exception("%s: message handler failed on %s", self.client_id,
+                                  message.topic.value)

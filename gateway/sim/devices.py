@@ -1,0 +1,176 @@
+"""Simulated devices that speak the device contract (DESIGN §6).
+
+Each agent holds its own broker credential, publishes retained state on connect and
+telemetry at its kind's rate, obeys commands and answers on cmd/result. Used by the demo,
+the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.aio import cancel_and_wait
+from gateway.devices.kinds import KINDS
+from gateway.devices.topics import device_topic
+from gateway.mqtt import Endpoint, Message, MqttSession
+
+
+def initial_state(kind: str, rng: random.Random) -> dict[str, Any]:
+    if kind == "thermostat":
+        return {"temperature": round(rng.uniform(17, 22), 1), "humidity": rng.randint(35, 55),
+                "target": 21.0, "mode": "heat", "heating": False}
+    if kind == "plug":
+        return {"on": True, "power_w": 0.0, "energy_wh": 0.0}
+    if kind == "bulb":
+        return {"on": False, "brightness": 80}
+    if kind == "door":
+        return {"open": False, "battery": rng.randint(60, 100)}
+    if kind == "camera":
+        return {"motion": False, "recording": True}
+    return {"temperature": round(rng.uniform(18, 23), 1), "humidity": rng.randint(35, 60),
+            "battery": rng.randint(60, 100)}
+
+
+def step(kind: str, state: dict[str, Any], dt: float, rng: random.Random) -> None:
+    """Advance the physical model by dt seconds."""
+    if kind == "thermostat":
+        heating = state["mode"] in ("heat", "auto") and state["temperature"] < state["target"]
+        drift = 0.02 * dt if heating else -0.005 * dt
+        state["temperature"] = round(state["temperature"] + drift + rng.gauss(0, 0.02), 2)
+        state["heating"] = heating
+    elif kind == "plug":
+        state["power_w"] = round(rng.gauss(60, 3), 1) if state["on"] else 0.0
+        state["energy_wh"] = round(state["energy_wh"] + state["power_w"] * dt / 3600, 3)
+    elif kind == "door":
+        if rng.random() < 0.02:
+            state["open"] = not state["open"]
+    elif kind == "camera":
+        state["motion"] = rng.random() < 0.1
+    elif kind == "sensor":
+        state["temperature"] = round(state["temperature"] + rng.gauss(0, 0.05), 2)
+
+
+def obey(kind: str, state: dict[str, Any], action: str, params: dict[str, Any]) -> str | None:
+    """Apply a command; return an error for one this device cannot carry out."""
+    if action not in KINDS[kind].actions:
+        return f"unsupported action {action}"
+    if action == "set_target":
+        state["target"] = float(params["target"])
+    elif action == "set_mode":
+        state["mode"] = params["mode"]
+    elif action == "set_power":
+        state["on"] = bool(params["on"])
+    elif action == "set_brightness":
+        state["brightness"] = int(params["brightness"])
+        state["on"] = state["brightness"] > 0
+    elif action == "set_recording":
+        state["recording"] = bool(params["on"])
+    return None
+
+
+@dataclass
+class SimDevice:
+    id: str
+    kind: str
+    endpoint: Endpoint
+    interval_s: float | None = None  # None: the kind's realistic rate
+    seed: int | None = None
+    commands_handled: int = 0
+    telemetry_sent: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self.state = self.state or initial_state(self.kind, self._rng)
+        self.session = MqttSession(
+            self.endpoint, client_id=self.id, on_message=self._on_message,
+            subscriptions=[(device_topic(self.id, "cmd"), 1)], on_connect=self._publish_state)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
+
+    async def start(self) -> None:
+        self.session.start()
+        self._task = asyncio.get_running_loop().create_task(self._report_loop())
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        await self.session.stop()
+
+    async def _publish_state(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.session.publish(device_topic(self.id, "state"), json.dumps(self.state),
+                                       qos=1, retain=True)
+
+    async def _report_loop(self) -> None:
+        interval = self.interval_s or KINDS[self.kind].telemetry_interval_s
+        # Spread devices over the interval like a real fleet, not all at once.
+        await asyncio.sleep(self._rng.uniform(0, min(interval, 2.0)))
+        last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            step(self.kind, self.state, now - last, self._rng)
+            last = now
+            if self.session.connected:
+                reading = {"ts": round(time.time(), 3), **self._metrics()}
+                if self.session.publish_nowait(device_topic(self.id, "telemetry"),
+                                               json.dumps(reading)):
+                    self.telemetry_sent += 1
+            await asyncio.sleep(interval)
+
+    def _metrics(self) -> dict[str, Any]:
+        return {k: self.state[k] for k in KINDS[self.kind].metrics if k in self.state}
+
+    def _on_message(self, message: Message) -> None:
+        try:
+            command = json.loads(message.payload)
+            command_id, action = str(command["id"]), str(command["action"])
+            params = command.get("params") or {}
+        except (ValueError, KeyError, TypeError):
+            return
+        error = obey(self.kind, self.state, action, params)
+        self.commands_handled += 1
+        result: dict[str, Any] = {"id": command_id, "status": "error" if error else "ok"}
+        if error:
+            result["error"] = error
+        else:
+            result["state"] = self.state
+        self.session.publish_nowait(device_topic(self.id, "cmd/result"), json.dumps(result))
+        asyncio.get_running_loop().create_task(self._publish_state())
+
+
+class Fleet:
+    """A group of simulated devices started and stopped together."""
+
+    def __init__(self, devices: Sequence[SimDevice]) -> None:
+        self.devices = list(devices)
+
+    async def start(self) -> None:
+        for device in self.devices:
+            await device.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(d.stop() for d in self.devices))
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(
+            asyncio.gather(*(d.session.wait_connected() for d in self.devices)), timeout)
+
+    @property
+    def connected(self) -> int:
+        return sum(d.connected for d in self.devices)
+
+
+def fleet_ids(kinds: Sequence[str], count: int, prefix: str = "sim") -> list[tuple[str, str]]:
+    """(id, kind) pairs cycling through `kinds`: sim-thermostat-1, sim-plug-2, …"""
+    return [(f"{prefix}-{kinds[i % len(kinds)]}-{i + 1}", kinds[i % len(kinds)])
+            for i in range(count)]

@@ -1,0 +1,299 @@
+"""SQLite store: the single source of truth (DESIGN §5).
+
+WAL mode with synchronous=NORMAL: a commit is durable against a process crash at once and
+against power loss at the next checkpoint, and costs no fsync per message. The schema is
+versioned; a database written by a newer home-gateway is refused untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.credentials.secrets import PasswordHash
+
+DEVICE_STATUSES = ("pending", "quarantined", "adopted", "removed")
+
+# MIGRATIONS[n] upgrades a database from schema version n to n + 1. Append only.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE devices (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        status      TEXT NOT NULL
+                    CHECK (status IN ('pending', 'quarantined', 'adopted', 'removed')),
+        source      TEXT NOT NULL,
+        mac         TEXT,
+        ip          TEXT,
+        created_at  REAL NOT NULL,
+        first_seen  REAL,
+        last_seen   REAL,
+        invalid_messages INTEGER NOT NULL DEFAULT 0,
+        state       TEXT NOT NULL DEFAULT '{}',
+        cred_version INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE credentials (
+        username    TEXT PRIMARY KEY,
+        device_id   TEXT NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+        hash        TEXT NOT NULL,
+        salt        TEXT NOT NULL,
+        iterations  INTEGER NOT NULL,
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE telemetry (
+        device_id   TEXT NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+        ts          REAL NOT NULL,
+        data        TEXT NOT NULL
+    );
+    CREATE INDEX telemetry_device ON telemetry (device_id, ts);
+    CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY,
+        ts          REAL NOT NULL,
+        actor       TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        target      TEXT NOT NULL DEFAULT '',
+        result      TEXT NOT NULL,
+        detail      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_ts ON audit (ts);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: str
+    name: str
+    kind: str
+    status: str
+    source: str
+    mac: str | None
+    ip: str | None
+    created_at: float
+    first_seen: float | None
+    last_seen: float | None
+    invalid_messages: int
+    state: dict[str, Any]
+    cred_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    username: str
+    device_id: str
+    password: PasswordHash
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    ts: float
+    actor: str
+    action: str
+    target: str
+    result: str
+    detail: str
+
+
+def _device(row: sqlite3.Row) -> Device:
+    values = dict(row)
+    values["state"] = json.loads(values["state"])
+    return Device(**values)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        try:
+            self._check_version()
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except BaseException:
+            self.db.close()
+            raise
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- schema ------------------------------------------------------------------------
+
+    def _version(self) -> int:
+        has_table = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if not has_table:
+            return 0
+        row = self.db.execute("SELECT version FROM schema_version").fetchone()
+        return int(row[0]) if row else 0
+
+    def _check_version(self) -> None:
+        try:
+            version = self._version()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a home-gateway database ({exc})") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: database schema version {version} is newer than this "
+                f"home-gateway understands ({SCHEMA_VERSION}); it was left untouched. "
+                "Install the newer home-gateway again or restore a backup."
+            )
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+            version = self._version()
+            for script in MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+            self.db.execute("DELETE FROM schema_version")
+            self.db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def data_version(self) -> int:
+        """Changes when another connection (the CLI) commits: cheap change detection."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- devices -----------------------------------------------------------------------
+
+    def add_device(self, id: str, name: str, kind: str, *, status: str, source: str,
+                   mac: str | None = None, ip: str | None = None) -> Device:
+        now = time.time()
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO devices (id, name, kind, status, source, mac, ip, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, kind = excluded.kind,"
+                " status = excluded.status, source = excluded.source,"
+                " mac = excluded.mac, ip = excluded.ip",
+                (id, name, kind, status, source, mac, ip, now),
+            )
+        device = self.device(id)
+        assert device is not None
+        return device
+
+    def device(self, id: str) -> Device | None:
+        row = self.db.execute("SELECT * FROM devices WHERE id = ?", (id,)).fetchone()
+        return _device(row) if row else None
+
+    def devices(self, *, include_removed: bool = False) -> list[Device]:
+        sql = "SELECT * FROM devices"
+        if not include_removed:
+            sql += " WHERE status != 'removed'"
+        return [_device(row) for row in self.db.execute(sql + " ORDER BY id")]
+
+    def set_device_status(self, id: str, status: str) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE devices SET status = ? WHERE id = ?", (status, id))
+
+    def save_device_activity(self, rows: Iterable[tuple[str, float, int, str]]) -> None:
+        """(device id, last seen, invalid messages, state JSON) for devices seen lately."""
+        with self.transaction():
+            self.db.executemany(
+                "UPDATE devices SET last_seen = ?2, first_seen = COALESCE(first_seen, ?2),"
+                " invalid_messages = ?3, state = ?4 WHERE id = ?1",
+                rows,
+            )
+
+    # -- credentials -------------------------------------------------------------------
+
+    def replace_credential(self, device_id: str, password: PasswordHash) -> str:
+        """Replace every credential of `device_id` by a new version; return its username."""
+        with self.transaction():
+            row = self.db.execute(
+                "UPDATE devices SET cred_version = cred_version + 1 WHERE id = ?"
+                " RETURNING cred_version", (device_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no device {device_id!r}")
+            username = f"{device_id}.{row[0]}"
+            self.db.execute("DELETE FROM credentials WHERE device_id = ?", (device_id,))
+            self.db.execute(
+                "INSERT INTO credentials VALUES (?, ?, ?, ?, ?, ?)",
+                (username, device_id, password.hash, password.salt, password.iterations,
+                 time.time()),
+            )
+        return username
+
+    def delete_credentials(self, device_id: str) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM credentials WHERE device_id = ?", (device_id,))
+
+    def credentials(self) -> list[Credential]:
+        rows = self.db.execute(
+            "SELECT c.* FROM credentials c JOIN devices d ON d.id = c.device_id"
+            " WHERE d.status != 'removed' ORDER BY c.username"
+        )
+        return [
+            Credential(r["username"], r["device_id"],
+                       PasswordHash(r["hash"], r["salt"], r["iterations"]), r["created_at"])
+            for r in rows
+        ]
+
+    # -- telemetry ---------------------------------------------------------------------
+
+    def add_telemetry(self, rows: list[tuple[str, float, str]], keep: int) -> None:
+        """Append readings and keep only the newest `keep` per device touched."""
+        with self.transaction():
+            self.db.executemany("INSERT INTO telemetry VALUES (?, ?, ?)", rows)
+            for device_id in {r[0] for r in rows}:
+                self.db.execute(
+                    "DELETE FROM telemetry WHERE device_id = ?1 AND rowid <= ("
+                    " SELECT rowid FROM telemetry WHERE device_id = ?1"
+                    " ORDER BY rowid DESC LIMIT 1 OFFSET ?2)",
+                    (device_id, keep),
+                )
+
+    def telemetry(self, device_id: str, limit: int = 100) -> list[tuple[float, dict[str, Any]]]:
+        rows = self.db.execute(
+            "SELECT ts, data FROM telemetry WHERE device_id = ? ORDER BY rowid DESC LIMIT ?",
+            (device_id, limit),
+        ).fetchall()
+        return [(r[0], json.loads(r[1])) for r in reversed(rows)]
+
+    # -- audit -------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, result: str, *, target: str = "",
+              detail: str = "") -> None:
+        """Record a security-relevant action. Never pass a secret in any field."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO audit (ts, actor, action, target, result, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), actor, action, target, result, detail),
+            )
+
+    def audit_log(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
+        sql, args = "SELECT * FROM audit", []
+        if action:
+            sql, args = sql + " WHERE action = ?", [action]
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+        return [AuditEntry(**dict(r)) for r in rows]
