@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import ssl
 import time
@@ -95,7 +96,7 @@ class Daemon:
                 max_packet_size=config.broker.max_packet_size, store=self.store,
                 gateway_password=self.endpoint.password or "", on_restart=self._broker_restarted)
         self.session = MqttSession(
-            self.endpoint, client_id="home-gateway", on_message=self._route,
+            self.endpoint, client_id=self._client_id(), on_message=self._route,
             subscriptions=[(t, 1) for t in (*GATEWAY_SUBSCRIPTIONS, RESPONSE_TOPIC)],
             on_connect=self._connected, will=Will(STATUS_TOPIC, b"offline"))
         self.dynsec = DynsecClient(self.session)
@@ -116,6 +117,13 @@ class Daemon:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.running = False
+
+    def _client_id(self) -> str:
+        """On a shared external broker another gateway may also be "home-gateway", and a
+        duplicate client id makes the broker drop the older session."""
+        if self.config.broker.mode == "embedded":
+            return "home-gateway"
+        return f"home-gateway-{secrets.token_hex(4)}"
 
     # -- health and status -------------------------------------------------------------
 
