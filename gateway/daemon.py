@@ -24,6 +24,7 @@ from gateway.broker.process import BrokerError, EmbeddedBroker
 from gateway.broker.render import GATEWAY_USERNAME, BrokerFiles, ListenerSpec, client_address
 from gateway.config import Config, ConfigError, load_config
 from gateway.control import ControlError, ControlServer
+from gateway.credentials.pki import Pki, ensure_ca
 from gateway.credentials.secrets import load_or_create_secret
 from gateway.devices.registry import DeviceError
 from gateway.devices.service import CommandRejected, DeviceService
@@ -67,11 +68,16 @@ def listener_specs(config: Config) -> list[ListenerSpec]:
     return [ListenerSpec(x.address, x.port, x.tls) for x in config.broker.listeners]
 
 
+def gateway_pki(config: Config) -> Pki:
+    return Pki(config.gateway.state_dir / "pki")
+
+
 def broker_endpoint(config: Config, files: BrokerFiles) -> Endpoint:
     if config.broker.mode == "embedded":
         first = listener_specs(config)[0]
+        tls = gateway_pki(config).ssl_context() if first.tls else None
         return Endpoint(client_address(first), first.port, GATEWAY_USERNAME,
-                        load_or_create_secret(files.gateway_secret))
+                        load_or_create_secret(files.gateway_secret), tls)
     external = config.broker.external
     assert external is not None
     password = Path(external.password_file).read_text().strip()
@@ -88,13 +94,17 @@ class Daemon:
         self.started_at = time.monotonic()
         self.store = open_store(config)
         self.files = BrokerFiles(config.gateway.state_dir / "broker")
+        self.pki = gateway_pki(config)
+        if any(listener.tls for listener in config.broker.listeners):
+            ensure_ca(self.pki)
         self.endpoint = broker_endpoint(config, self.files)
         self.broker: EmbeddedBroker | None = None
         if config.broker.mode == "embedded":
             self.broker = EmbeddedBroker(
                 self.files, listener_specs(config), executable=config.broker.executable,
                 max_packet_size=config.broker.max_packet_size, store=self.store,
-                gateway_password=self.endpoint.password or "", on_restart=self._broker_restarted)
+                gateway_password=self.endpoint.password or "", pki=self.pki,
+                on_restart=self._broker_restarted)
         self.session = MqttSession(
             self.endpoint, client_id=self._client_id(), on_message=self._route,
             subscriptions=[(t, 1) for t in (*GATEWAY_SUBSCRIPTIONS, RESPONSE_TOPIC)],

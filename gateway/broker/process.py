@@ -16,11 +16,13 @@ from gateway.aio import cancel_and_wait
 from gateway.broker.render import (
     BrokerFiles,
     ListenerSpec,
+    certificate_addresses,
     client_address,
     find_plugin,
     render_dynsec,
     render_mosquitto_conf,
 )
+from gateway.credentials.pki import Pki, host_names, issue_server_cert
 from gateway.credentials.secrets import hash_password, write_private
 from gateway.mqtt import Backoff
 from gateway.store import Store
@@ -45,8 +47,9 @@ def _die_with_parent() -> None:
 class EmbeddedBroker:
     def __init__(self, files: BrokerFiles, listeners: Sequence[ListenerSpec], *,
                  executable: str, max_packet_size: int, store: Store, gateway_password: str,
-                 on_restart: Callable[[int, str], None] | None = None) -> None:
+                 pki: Pki, on_restart: Callable[[int, str], None] | None = None) -> None:
         self.files = files
+        self.pki = pki
         self.listeners = tuple(listeners)
         self.executable = executable
         self.max_packet_size = max_packet_size
@@ -74,6 +77,9 @@ class EmbeddedBroker:
         conf = render_mosquitto_conf(self.files, self.listeners, self.max_packet_size,
                                      find_plugin(), run_as_root=os.geteuid() == 0)
         write_private(self.files.conf, conf)
+        if any(listener.tls for listener in self.listeners):
+            issue_server_cert(self.pki, self.files.server_cert, self.files.server_key,
+                              host_names(), certificate_addresses(self.listeners))
         dynsec = render_dynsec(hash_password(self.gateway_password), self.store.credentials())
         write_private(self.files.dynsec, dynsec)
 

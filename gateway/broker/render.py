@@ -39,6 +39,14 @@ class BrokerFiles:
     def gateway_secret(self) -> Path:
         return self.directory / "gateway.secret"
 
+    @property
+    def server_cert(self) -> Path:
+        return self.directory / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / "server.key"
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
@@ -79,13 +87,21 @@ def render_mosquitto_conf(files: BrokerFiles, listeners: Sequence[ListenerSpec],
         # root-owned state dir. The packaged service runs as its own unprivileged user.
         lines.append("user root")
     for listener in listeners:
-        if listener.tls:
-            raise ValueError(
-                f"listener {listener.address}:{listener.port}: TLS listeners need the "
-                "gateway's certificate authority, which is not available yet"
-            )
         lines.append(f"listener {listener.port} {listener.address}")
+        if listener.tls:
+            lines += [f"certfile {files.server_cert}", f"keyfile {files.server_key}",
+                      "tls_version tlsv1.2"]
     return "\n".join(lines) + "\n"
+
+
+def certificate_addresses(listeners: Sequence[ListenerSpec]) -> list[str]:
+    """IP addresses a TLS listener's certificate must name: each specific listen address,
+    and loopback (where the gateway itself connects to a wildcard listener)."""
+    addresses = {"127.0.0.1", "::1"}
+    for listener in listeners:
+        if listener.tls and not ipaddress.ip_address(listener.address).is_unspecified:
+            addresses.add(listener.address)
+    return sorted(addresses)
 
 
 def client_address(listener: ListenerSpec) -> str:

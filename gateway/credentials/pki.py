@@ -1,0 +1,120 @@
+"""The gateway's own certificate authority and the server certificates it issues.
+
+The CA key never leaves the state dir (mode 0600). Devices and browsers pin the CA, so a
+server certificate is cheap to re-issue: it is rendered anew at every broker start for the
+addresses the broker listens on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.credentials.secrets import write_private
+
+CA_YEARS = 20
+SERVER_DAYS = 397  # the longest validity browsers accept
+
+
+@dataclass(frozen=True, slots=True)
+class Pki:
+    directory: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.directory / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.directory / "ca.key"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts only this CA (and checks host names)."""
+        return ssl.create_default_context(cafile=str(self.ca_cert))
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def ensure_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """Load the gateway's CA, creating it on first use."""
+    if pki.ca_cert.exists() and pki.ca_key.exists():
+        cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return cert, key
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Home Gateway"),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"Home Gateway CA on {socket.gethostname()}"),
+    ])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365 * CA_YEARS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    write_private(pki.ca_key, _pem_key(key))
+    pki.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def issue_server_cert(pki: Pki, cert_path: Path, key_path: Path,
+                      names: Iterable[str], addresses: Iterable[str]) -> None:
+    """A fresh server certificate for these DNS names and IP addresses, signed by the CA."""
+    ca_cert, ca_key = ensure_ca(pki)
+    key = ec.generate_private_key(ec.SECP256R1())
+    dns = sorted(set(names))
+    ips = sorted({ipaddress.ip_address(a) for a in addresses}, key=str)
+    san = [x509.DNSName(n) for n in dns] + [x509.IPAddress(ip) for ip in ips]
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0] if dns
+                                                    else str(ips[0]))]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    write_private(key_path, _pem_key(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM)
+                          + ca_cert.public_bytes(serialization.Encoding.PEM))
+
+
+def host_names() -> list[str]:
+    """The names a client on the home network may use for the gateway."""
+    host = socket.gethostname().split(".")[0]
+    return [host, f"{host}.local", "localhost"]
