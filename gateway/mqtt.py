@@ -79,7 +79,7 @@ class Backoff:
     attempt: int = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2**self.attempt)
+        ceiling = min(self.maximum, self.initial * 2.0 ** min(self.attempt, 64))
         self.attempt += 1
         return random.uniform(ceiling / 2, ceiling)
 

@@ -23,7 +23,7 @@ class DeviceError(ValueError):
 
 def normalize_mac(mac: str) -> str:
     """'AA-BB-…' -> 'aa:bb:…'; raises DeviceError for anything else."""
-    if not MAC.match(mac.lower()):
+    if not MAC.fullmatch(mac.lower()):
         raise DeviceError(f"MAC address {mac!r} is not like aa:bb:cc:dd:ee:ff")
     return mac.lower().replace("-", ":")
 
@@ -36,7 +36,7 @@ def normalize_ip(ip: str) -> str:
 
 
 def check_device(id: str, kind: str) -> None:
-    if not DEVICE_ID.match(id):
+    if not DEVICE_ID.fullmatch(id):
         raise DeviceError(f"device id {id!r} must be 3 to 40 of a-z, 0-9 and '-'")
     if kind not in KINDS:
         raise DeviceError(f"unknown kind {kind!r} (expected one of: {', '.join(sorted(KINDS))})")

@@ -125,7 +125,7 @@ class DeviceService:
             try:
                 reading = parse_reading(message.payload, now, self.limits)
             except Invalid as exc:
-                self._reject(device_id, live, leaf, str(exc), now)
+                self._reject(device_id, live, leaf, exc, now)
                 return
             live.state.update(reading.values)
             live.last_seen = now
@@ -140,7 +140,7 @@ class DeviceService:
             try:
                 result = parse_command_result(message.payload, self.limits)
             except Invalid as exc:
-                self._reject(device_id, live, leaf, str(exc), now)
+                self._reject(device_id, live, leaf, exc, now)
                 return
             future = self._pending.get(f"{device_id}/{result['id']}")
             if future is not None and not future.done():
@@ -148,13 +148,13 @@ class DeviceService:
             live.last_seen = now
             live.dirty = True
 
-    def _reject(self, device_id: str, live: Live, leaf: str, reason: str, now: float) -> None:
+    def _reject(self, device_id: str, live: Live, leaf: str, error: Invalid,
+                now: float) -> None:
         self.counters.rejected += 1
-        self.counters.by_reason[reason.split(" (")[0]] = (
-            self.counters.by_reason.get(reason.split(" (")[0], 0) + 1)
+        self.counters.by_reason[error.code] = self.counters.by_reason.get(error.code, 0) + 1
         live.invalid += 1
         live.unaudited += 1
-        live.last_reason = f"{leaf}: {reason}"
+        live.last_reason = f"{leaf}: {error}"
         live.dirty = True
         if now - live.last_audit >= self.audit_interval:
             self._audit_rejections(device_id, live, now)
@@ -255,13 +255,20 @@ class DeviceService:
 
     async def sync_declared(self, declared: Iterable[tuple[str, str, str, str | None,
                                                            str | None]]) -> None:
-        """Devices declared in the config file: (id, name, kind, mac, ip)."""
+        """Devices declared in the config file: (id, name, kind, mac, ip). A declared
+        device that left the file is removed, its credential revoked."""
+        wanted = set()
         for id, name, kind, mac, ip in declared:
+            wanted.add(id)
             try:
                 self.registry.add(id, kind, name=name, source="config", mac=mac, ip=ip,
                                   actor="config")
             except DeviceError as exc:
                 log.error("config: device %s: %s", id, exc)
+        for device in self.store.devices():
+            if device.source == "config" and device.id not in wanted:
+                log.info("config: device %s is no longer declared; removing it", device.id)
+                await self.remove(device.id, actor="config")
         self.reload()
 
     async def _apply(self, commands: list[dict[str, Any]]) -> None:

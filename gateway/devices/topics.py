@@ -28,7 +28,7 @@ def parse_device_topic(topic: str) -> tuple[str, str] | None:
     parts = topic.split("/", 2)
     if len(parts) != 3 or parts[0] != "devices" or parts[2] not in DEVICE_SENDS:
         return None
-    if not DEVICE_ID.match(parts[1]):
+    if not DEVICE_ID.fullmatch(parts[1]):
         return None
     return parts[1], parts[2]
 
