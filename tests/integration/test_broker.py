@@ -265,3 +265,29 @@ async def test_tls_listener_uses_the_gateway_ca(tmp_path: Path) -> None:
         assert (lab.daemon.files.server_key.stat().st_mode & 0o777) == 0o600
     finally:
         await lab.stop()
+
+
+async def test_reload_adopts_and_removes_declared_devices(lab: Lab) -> None:
+    source = lab.config.source
+    original = source.read_text()
+    source.write_text(original + '\n[[devices]]\nid = "porch-light"\nkind = "bulb"\n'
+                      'name = "Porch light"\nmac = "AA-BB-CC-DD-EE-01"\n')
+    await lab.daemon.reload()
+    device = lab.daemon.store.device("porch-light")
+    assert device is not None and device.status == "adopted" and device.name == "Porch light"
+    assert device.mac == "aa:bb:cc:dd:ee:01"
+    username, secret = await lab.daemon.devices.issue_credential("porch-light")
+    porch = Recorder(lab.endpoint(username, secret), "porch-light", [])
+    async with porch.session:
+        await porch.session.wait_connected(5)
+        # An invalid file is rejected and changes nothing.
+        source.write_text(original + "\n[[devices]]\nid = 'X'\n")
+        await lab.daemon.reload()
+        assert lab.daemon.store.device("porch-light").status == "adopted"  # type: ignore[union-attr]
+        assert lab.daemon.store.audit_log(action="config.reload")[0].result == "rejected"
+        # Dropping the device from the file removes it and ends its session.
+        source.write_text(original)
+        await lab.daemon.reload()
+        await until(lambda: not porch.session.connected, 5, "the undeclared device to be cut off")
+    assert lab.daemon.store.device("porch-light").status == "removed"  # type: ignore[union-attr]
+    await refused(lab.endpoint(username, secret))
