@@ -20,10 +20,20 @@ from gateway.store import StoreError
 EXIT_INVALID = 2
 
 
+def stderr_is_journal() -> bool:
+    """True when stderr is the journald stream systemd connected (JOURNAL_STREAM=dev:ino)."""
+    try:
+        device, inode = os.environ["JOURNAL_STREAM"].split(":")
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (KeyError, ValueError, OSError):
+        return False
+
+
 def setup_logging(level: str = "info") -> None:
     """One line per event on stderr; journald adds its own timestamps."""
     fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
+    if not stderr_is_journal():
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
 
@@ -222,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("id")
     command.add_argument("action")
     command.add_argument("params", nargs="?", help='JSON object, e.g. \'{"on": true}\'')
+    for subparser in dsub.choices.values():  # `device add X --config P` works too
+        subparser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
     device.set_defaults(func=cmd_device)
 
     sim = sub.add_parser("sim", help="simulators")

@@ -44,6 +44,13 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def broker_environment() -> dict[str, str]:
+    """Our environment minus systemd's notify variables: Mosquitto would otherwise send its
+    own READY=1 on our unit's socket before the gateway is ready."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+
+
 class EmbeddedBroker:
     def __init__(self, files: BrokerFiles, listeners: Sequence[ListenerSpec], *,
                  executable: str, max_packet_size: int, store: Store, gateway_password: str,
@@ -107,6 +114,7 @@ class EmbeddedBroker:
             self.executable, "-c", str(self.files.conf),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent,
+            env=broker_environment(),
         )
         asyncio.get_running_loop().create_task(self._read_stderr(self._proc))
         try:
