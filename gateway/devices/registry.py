@@ -48,10 +48,14 @@ class Registry:
 
     def add(self, id: str, kind: str, *, name: str | None = None, source: str,
             mac: str | None = None, ip: str | None = None, actor: str = "admin") -> Device:
+        """Register a device. Declarations from the config (source "config") update their
+        own earlier entry; anything else that exists already is an error."""
         check_device(id, kind)
         existing = self.store.device(id)
-        if existing is not None and existing.status != "removed" and existing.source != source:
-            raise DeviceError(f"device {id!r} already exists (added by {existing.source})")
+        if existing is not None and existing.status != "removed" and not (
+                source == "config" == existing.source):
+            raise DeviceError(f"device {id!r} already exists (added by {existing.source}); "
+                              "`home-gateway device credential` issues a new credential")
         device = self.store.add_device(
             id, name or id, kind, status="adopted", source=source,
             mac=normalize_mac(mac) if mac else None, ip=normalize_ip(ip) if ip else None)
