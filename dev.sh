@@ -69,9 +69,9 @@ case "$cmd" in
     setup_python
     echo "==> ruff";  .venv/bin/ruff check .
     echo "==> mypy";  .venv/bin/mypy
-    echo "==> tests with PyPI libraries ($(.venv/bin/python -c 'import gateway.mqtt as m; print(m._lib.__name__)'))"
+    echo "==> tests with PyPI libraries ($(.venv/bin/python -c 'import gateway.mqtt as m; print(m.LIBRARY)'))"
     .venv/bin/python -m pytest -q "$@"
-    echo "==> tests with Debian's libraries ($(.venv-debian/bin/python -c 'import gateway.mqtt as m; print(m._lib.__name__)'))"
+    echo "==> tests with Debian's libraries ($(.venv-debian/bin/python -c 'import gateway.mqtt as m; print(m.LIBRARY)'))"
     .venv-debian/bin/python -m pytest -q "$@"
     ;;
   *)

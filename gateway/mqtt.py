@@ -4,8 +4,8 @@ It hides the two client generations Debian ships: `aiomqtt` 2.x (preferred; trix
 python3-asyncio-mqtt) and `asyncio_mqtt` 0.16 (bookworm's python3-asyncio-mqtt). Neither
 reconnects by itself, a 0.16 client object is single-use, and 0.16 drops messages that
 arrive before its message iterator is entered, so `MqttSession` owns all three: it makes a
-fresh client per connection, enters the iterator before subscribing, resubscribes after
-every reconnect and backs off with jitter between attempts.
+fresh client per connection, takes messages from paho's callback before subscribing,
+resubscribes after every reconnect and backs off with jitter between attempts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,9 @@ except ImportError:  # bookworm's python3-asyncio-mqtt 0.16
     import asyncio_mqtt as _lib  # type: ignore[no-redef]
 
     GENERATION = 0
+
+# Which client generation this interpreter uses, e.g. "aiomqtt 2.5.1" (status, benchmarks).
+LIBRARY = f"{_lib.__name__} {getattr(_lib, '__version__', '')}".strip()
 
 log = logging.getLogger(__name__)
 
@@ -104,30 +107,6 @@ def make_client(endpoint: Endpoint, client_id: str, *, will: Will | None = None,
                            timeout=CONNECT_TIMEOUT_S, **common)
     return _lib.Client(endpoint.host, endpoint.port, client_id=client_id,  # type: ignore[call-arg]
                        **common)
-
-
-@contextlib.asynccontextmanager
-async def connected_messages(client: Any) -> AsyncIterator[AsyncIterator[Any]]:
-    """Enter `client`'s connection and message iterator in the order each generation needs.
-
-    Subscribe inside this block: with 0.16 the iterator is already entered, so nothing
-    (retained messages included) that arrives after the SUBSCRIBE is lost.
-    """
-    async with client:
-        if GENERATION == 2:
-            yield client.messages
-        else:
-            async with client.messages() as messages:
-                yield messages
-
-
-def convert(message: Any) -> Message:
-    payload = message.payload
-    if isinstance(payload, str):
-        payload = payload.encode()
-    elif payload is None:
-        payload = b""
-    return Message(message.topic.value, bytes(payload), bool(message.retain), int(message.qos))
 
 
 class MqttSession:
@@ -233,10 +212,21 @@ class MqttSession:
                       self.last_error, delay)
             await asyncio.sleep(delay)
 
+    def _on_paho_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        try:
+            self._on_message(Message(message.topic, bytes(message.payload or b""),
+                                     bool(message.retain), int(message.qos)))
+        except Exception:  # one bad handler call must not end the session
+            log.exception("%s: message handler failed", self.client_id)
+
     async def _connect_and_dispatch(self) -> None:
         client = make_client(self.endpoint, self.client_id, will=self._will,
                              keepalive=self._keepalive)
-        async with connected_messages(client) as messages:
+        async with client:
+            # Dispatch straight from paho's callback, before the first SUBSCRIBE: nothing
+            # (retained messages included) can arrive unseen, and there is no queue and no
+            # task per message as in both libraries' iterators. Both keep paho in _client.
+            client._client.on_message = self._on_paho_message
             for topic, qos in self._subscriptions:
                 await client.subscribe(topic, qos)
             self._client = client
@@ -250,10 +240,10 @@ class MqttSession:
                 hook = asyncio.get_running_loop().create_task(self._on_connect())
                 self._hooks.add(hook)
                 hook.add_done_callback(self._hooks.discard)
-            dispatch = self._on_message
-            async for message in messages:
-                try:
-                    dispatch(convert(message))
-                except Exception:  # one bad handler call must not end the session
-                    log.exception("%s: message handler failed on %s", self.client_id,
-                                  message.topic.value)
+            # Both generations resolve this future when the connection ends. asyncio.wait
+            # (not await) so that cancelling us does not cancel the library's own future.
+            disconnected = client._disconnected
+            await asyncio.wait([disconnected])
+            error = None if disconnected.cancelled() else disconnected.exception()
+            if error is not None:
+                raise error

@@ -122,14 +122,18 @@ def gateway_acls() -> list[dict[str, object]]:
     return acls
 
 
-def _client(username: str, role: str, password: PasswordHash) -> dict[str, object]:
-    return {
+def _client(username: str, role: str, password: PasswordHash,
+            clientid: str | None = None) -> dict[str, object]:
+    client: dict[str, object] = {
         "username": username,
         "password": password.hash,
         "salt": password.salt,
         "iterations": password.iterations,
         "roles": [{"rolename": role}],
     }
+    if clientid is not None:
+        client["clientid"] = clientid
+    return client
 
 
 def render_dynsec(gateway_password: PasswordHash, credentials: Sequence[Credential]) -> str:
@@ -139,7 +143,10 @@ def render_dynsec(gateway_password: PasswordHash, credentials: Sequence[Credenti
     for device_id in sorted({c.device_id for c in credentials}):
         roles.append({"rolename": device_role(device_id), "acls": device_acls(device_id)})
     for cred in credentials:
-        clients.append(_client(cred.username, device_role(cred.device_id), cred.password))
+        # Pinned to the device id: no other login can take over (and so cut off) a
+        # device's MQTT session by connecting with its client id.
+        clients.append(_client(cred.username, device_role(cred.device_id), cred.password,
+                               clientid=cred.device_id))
     document = {
         "clients": clients,
         "groups": [],
@@ -163,7 +170,7 @@ def create_device_client_commands(device_id: str, username: str,
     return [
         {"command": "createRole", "rolename": role, "acls": device_acls(device_id)},
         {"command": "createClient", "username": username, "password": password,
-         "roles": [{"rolename": role}]},
+         "clientid": device_id, "roles": [{"rolename": role}]},
     ]
 
 

@@ -33,7 +33,7 @@ async def refused(endpoint: Endpoint) -> str:
     """Connect once; return the broker's refusal, or fail if it let us in."""
     client = mqtt.make_client(endpoint, "probe")
     try:
-        async with mqtt.connected_messages(client):
+        async with client:
             pass
     except mqtt.MqttError as exc:
         return str(exc)
@@ -64,8 +64,16 @@ async def test_anonymous_and_wrong_password_refused(lab: Lab) -> None:
 async def test_device_cannot_touch_another_devices_topics(lab: Lab) -> None:
     a, b = await lab.add_devices([("dev-a", "plug"), ("dev-b", "plug")], interval_s=60)
     await lab.fleet.wait_connected()
-    # A listens on B's topics (and on everything), B listens on its own command topic.
-    spy = Recorder(a.endpoint, "dev-a-spy", ["devices/dev-b/#", "#", "$CONTROL/#"])
+    # A's login cannot take B's client id (which would cut B off), nor any other id.
+    for client_id in ("dev-b", "dev-a-2"):
+        client = mqtt.make_client(a.endpoint, client_id)
+        with pytest.raises(mqtt.MqttError):
+            async with client:
+                pass
+    assert b.connected and b.session.connections == 1
+    # A (now a spy) listens on B's topics and on everything; B on its own command topic.
+    await a.stop()
+    spy = Recorder(a.endpoint, "dev-a", ["devices/dev-b/#", "#", "$CONTROL/#"])
     async with spy.session:
         await spy.session.wait_connected(5)
         # A tries to write B's topics: telemetry into B's history and a command to B.
@@ -249,7 +257,8 @@ async def test_tls_listener_uses_the_gateway_ca(tmp_path: Path) -> None:
         (agent,) = await lab.add_devices([("tls-plug", "plug")], interval_s=60)
         secure = Endpoint("127.0.0.1", port, agent.endpoint.username, agent.endpoint.password,
                           lab.daemon.pki.ssl_context())
-        recorder = Recorder(secure, "tls-plug-2", ["devices/tls-plug/cmd"])
+        await agent.stop()
+        recorder = Recorder(secure, "tls-plug", ["devices/tls-plug/cmd"])
         async with recorder.session:
             await recorder.session.wait_connected(5)
             await recorder.session.publish(device_topic("tls-plug", "telemetry"),
