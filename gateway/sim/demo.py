@@ -74,6 +74,7 @@ async def run_demo(state_dir: str | None, devices: int = 6,
         await lab.add_devices(fleet_ids(kinds, devices))
         say(f"{devices} simulated devices registered, each with its own credential: "
             + ", ".join(d.id for d in lab.fleet.devices))
+        say("demo-rogue is a misbehaving sensor: every 20 s it sends garbage, which is dropped.")
         say("Ctrl-C stops everything.")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -94,7 +95,7 @@ async def run_demo(state_dir: str | None, devices: int = 6,
                 last_accepted, last_time = s["messages"]["accepted"], now
                 rejected = s["messages"]["rejected"]
                 reasons = json.dumps(s["messages"]["rejected_by_reason"]) if rejected else ""
-                say(f"{s['devices']['online']}/{s['devices']['total']} devices online · "
+                say(f"{s['devices']['online']}/{s['devices']['total']} devices reporting · "
                     f"{rate:.1f} msg/s · {s['messages']['accepted']} accepted · "
                     f"{rejected} rejected {reasons}· broker restarts {s['broker']['restarts']}"
                     + ("" if s["healthy"] else " · DEGRADED"))

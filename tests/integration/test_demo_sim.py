@@ -47,7 +47,7 @@ def test_demo_runs_devices_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             lines.append(line)
-            if "devices online" in line:
+            if "devices reporting" in line:
                 break
         assert any("6 simulated devices registered" in x for x in lines), lines
         assert mosquitto_pids_under(state), "the demo's broker is not running"
@@ -59,7 +59,7 @@ def test_demo_runs_devices_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, lines
-    online = next(x for x in lines if "devices online" in x)
+    online = next(x for x in lines if "devices reporting" in x)
     assert online.split()[1].startswith("6/"), online
     assert any("stopped cleanly" in x for x in lines)
     assert not mosquitto_pids_under(state), "the demo left its broker behind"
