@@ -21,7 +21,7 @@ from typing import Any
 from gateway import control, mqtt
 from gateway.broker.render import BrokerFiles
 from gateway.config import Config
-from gateway.daemon import broker_endpoint, control_socket
+from gateway.daemon import broker_endpoint, control_socket, gateway_pki
 from gateway.mqtt import Endpoint, Message, MqttSession
 from gateway.sim.lab import lab_config
 
@@ -183,7 +183,8 @@ class Gateway:
     @property
     def admin(self) -> Endpoint:
         """The gateway's own broker login (the dynsec admin, allowed every topic)."""
-        return broker_endpoint(self.config, BrokerFiles(self.config.gateway.state_dir / "broker"))
+        return broker_endpoint(self.config, BrokerFiles(self.config.gateway.state_dir / "broker"),
+                               gateway_pki(self.config))
 
     async def control(self, op: str, **args: Any) -> Any:
         return await asyncio.to_thread(control.request, control_socket(self.config), op,

@@ -72,10 +72,13 @@ def gateway_pki(config: Config) -> Pki:
     return Pki(config.gateway.state_dir / "pki")
 
 
-def broker_endpoint(config: Config, files: BrokerFiles) -> Endpoint:
+def broker_endpoint(config: Config, files: BrokerFiles, pki: Pki) -> Endpoint:
     if config.broker.mode == "embedded":
         first = listener_specs(config)[0]
-        tls = gateway_pki(config).ssl_context() if first.tls else None
+        tls = None
+        if first.tls:  # the gateway trusts only its own CA, created on first use
+            ensure_ca(pki)
+            tls = pki.ssl_context()
         return Endpoint(client_address(first), first.port, GATEWAY_USERNAME,
                         load_or_create_secret(files.gateway_secret), tls)
     external = config.broker.external
@@ -95,9 +98,7 @@ class Daemon:
         self.store = open_store(config)
         self.files = BrokerFiles(config.gateway.state_dir / "broker")
         self.pki = gateway_pki(config)
-        if any(listener.tls for listener in config.broker.listeners):
-            ensure_ca(self.pki)
-        self.endpoint = broker_endpoint(config, self.files)
+        self.endpoint = broker_endpoint(config, self.files, self.pki)
         self.broker: EmbeddedBroker | None = None
         if config.broker.mode == "embedded":
             self.broker = EmbeddedBroker(
