@@ -168,6 +168,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup_code(args: argparse.Namespace) -> int:
+    """A new one-time code for creating the first admin account on the admin page."""
+    import time
+
+    try:
+        result = _control(args, "setup.code")
+    except ConnectionError as exc:
+        print(f"home-gateway: {exc}; the daemon writes a setup code to its log when it "
+              "starts", file=sys.stderr)
+        return 3
+    except ControlError as exc:
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 1
+    until = time.strftime("%H:%M", time.localtime(result["expires"]))
+    print(f"setup code: {result['code']}  (single use, valid until {until})")
+    for url in result["urls"]:
+        print(f"admin page: {url}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.sim.demo import run_demo
 
@@ -209,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("status", help="status of the running daemon")
                 ).set_defaults(func=cmd_status)
 
+    with_config(sub.add_parser(
+        "setup-code", help="print a new one-time code to create the first admin account")
+    ).set_defaults(func=cmd_setup_code)
     demo = sub.add_parser("demo", help="a working gateway with simulated devices")
     demo.add_argument("--state-dir", metavar="DIR", help="keep state here (default: temporary)")
     demo.add_argument("--devices", type=int, default=6, help="simulated devices (default 6)")

@@ -92,6 +92,7 @@ class BrokerConfig:
 @dataclass(frozen=True, slots=True)
 class WebConfig:
     listen: tuple[str, ...]  # "host:port" strings, as written
+    tls: str  # "auto" (TLS unless loopback) or "always"
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +368,22 @@ class HostPort(Spec):
         return value
 
 
+class WebListen(HostPort):
+    """A HostPort naming one address: a wildcard would put the admin page on the IoT side."""
+
+    expected = (
+        '"HOST:PORT" where HOST is one IPv4 address, one IPv6 address in brackets or localhost'
+        " (not 0.0.0.0 or [::]) and PORT is from 1 to 65535"
+    )
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        value = super().convert(value, ctx)
+        host = value.rpartition(":")[0].strip("[]")
+        if host != "localhost" and ipaddress.ip_address(host).is_unspecified:
+            raise _Invalid("listens on every interface, the IoT side included")
+        return value
+
+
 _REQUIRED: Any = object()  # Key.default for keys that must be present
 
 
@@ -584,7 +601,10 @@ _BROKER = Table(
 
 _WEB = Table(
     WebConfig,
-    {"listen": Key(ListOf(HostPort(), "an array of strings", [Unique()]), [])},
+    {
+        "listen": Key(ListOf(WebListen(), "an array of strings", [Unique()]), []),
+        "tls": Key(Choice("auto", "always"), "auto"),
+    },
 )
 
 _TELEMETRY = Table(

@@ -1,6 +1,7 @@
 """The daemon: composes the services, owns their start/stop order, reload and health.
 
-Start: store -> broker -> the gateway's MQTT session -> devices -> control socket -> READY.
+Start: store -> broker -> the gateway's MQTT session -> devices -> control socket -> web
+admin -> READY.
 Stop is the reverse. SIGHUP re-reads the config; an invalid one is logged and ignored.
 """
 
@@ -14,6 +15,7 @@ import secrets
 import signal
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ from gateway.devices.validate import Limits
 from gateway.mqtt import Endpoint, MqttSession, Will
 from gateway.store import Store
 from gateway.systemd import Notifier
+from gateway.web.accounts import Accounts, AuthError
+from gateway.web.app import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,24 @@ def broker_endpoint(config: Config, files: BrokerFiles, pki: Pki) -> Endpoint:
     return Endpoint(external.host, external.port, external.username, password, tls)
 
 
+class MessageRate:
+    """Messages per second over the last few seconds, sampled whenever it is read."""
+
+    def __init__(self, count: Callable[[], int], window_s: float = 10.0) -> None:
+        self._count = count
+        self._window = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    @property
+    def per_second(self) -> float:
+        now, count = time.monotonic(), self._count()
+        self._samples.append((now, count))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self._window:
+            self._samples.popleft()
+        then, before = self._samples[0]
+        return (count - before) / (now - then) if now > then else 0.0
+
+
 class Daemon:
     def __init__(self, config: Config, notifier: Notifier | None = None,
                  config_path: Path | None = None) -> None:
@@ -118,13 +140,19 @@ class Daemon:
                           telemetry.max_age_s),
             history_size=telemetry.history_size,
             invalid_audit_interval_s=telemetry.invalid_audit_interval_s)
+        self.rates = MessageRate(lambda: self.devices.counters.accepted)
+        self.accounts = Accounts(self.store)
+        self.web = WebServer(self, config.web, self.pki, config.gateway.state_dir,
+                             self.accounts)
         self.control = ControlServer(control_socket(config), {
             "status": self._op_status,
             "device.add": self._op_device_add,
             "device.remove": self._op_device_remove,
             "device.credential": self._op_device_credential,
             "device.command": self._op_device_command,
+            "setup.code": self._op_setup_code,
         })
+        self.setup_code: str | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.running = False
@@ -189,6 +217,12 @@ class Daemon:
             (d.id, d.name, d.kind, d.mac, d.ip) for d in self.config.devices)
         await self.devices.start()
         await self.control.start()
+        try:
+            await self.web.start()
+        except OSError as exc:
+            raise StartupError(f"web admin: cannot listen on {exc}") from exc
+        if self.web.urls and self.accounts.needs_setup():
+            self.issue_setup_code()
         self.running = True
         self.store.audit("system", "daemon.start", "ok")
         loop = asyncio.get_running_loop()
@@ -201,6 +235,7 @@ class Daemon:
         self.notifier.stopping("Stopping")
         self.running = False
         await cancel_and_wait(*self._tasks)
+        await self.web.stop()
         await self.control.stop()
         await self.devices.stop()
         with contextlib.suppress(Exception):
@@ -223,6 +258,16 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self.stop()
+
+    def issue_setup_code(self) -> dict[str, Any]:
+        """A new first-run setup code, written to the log (the journal) for the installer."""
+        code, expires = self.accounts.issue_setup_code()
+        self.setup_code = code  # in memory only, for the demo to print; the store has a hash
+        until = time.strftime("%H:%M", time.localtime(expires))
+        log.warning("first-run setup: open %s and enter the setup code %s (valid until %s; "
+                    "`home-gateway setup-code` makes a new one)",
+                    self.web.urls[0] if self.web.urls else "the admin page", code, until)
+        return {"code": code, "expires": expires, "urls": self.web.urls}
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -274,6 +319,7 @@ class Daemon:
         last = ""
         while True:
             await asyncio.sleep(STATUS_INTERVAL_S)
+            self.accounts.expire_sessions()
             line = self.status_line()
             if line != last:
                 self.notifier.status(line)
@@ -314,6 +360,15 @@ class Daemon:
                 str(args["id"]), str(args["action"]), args.get("params") or {}, source="admin")
         except CommandRejected as exc:
             raise ControlError(str(exc)) from None
+
+
+    async def _op_setup_code(self, args: dict[str, Any]) -> Any:
+        if not self.web.urls:
+            raise ControlError("the admin page is off: set web.listen in the config")
+        try:
+            return self.issue_setup_code()
+        except AuthError as exc:
+            raise ControlError(exc.message) from None
 
 
 def run_daemon(config: Config, config_path: Path | None,

@@ -65,6 +65,46 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_ts ON audit (ts);
     """,
+    # v2: the web admin's accounts. Passwords are argon2id strings; session, API-token and
+    # recovery-code secrets are random and stored only as SHA-256 digests.
+    """
+    CREATE TABLE users (
+        username    TEXT PRIMARY KEY,
+        role        TEXT NOT NULL CHECK (role IN ('admin', 'viewer')),
+        password    TEXT NOT NULL,
+        totp_secret TEXT,
+        totp_last_step INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL,
+        password_changed_at REAL NOT NULL
+    );
+    CREATE TABLE recovery_codes (
+        username    TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+        digest      TEXT NOT NULL,
+        PRIMARY KEY (username, digest)
+    );
+    CREATE TABLE sessions (
+        digest      TEXT PRIMARY KEY,
+        username    TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+        csrf        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        last_seen   REAL NOT NULL,
+        address     TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id          TEXT PRIMARY KEY,
+        username    TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        scope       TEXT NOT NULL CHECK (scope IN ('read', 'admin')),
+        digest      TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        last_used   REAL
+    );
+    CREATE TABLE settings (
+        key         TEXT PRIMARY KEY,
+        value       TEXT NOT NULL
+    );
+    CREATE INDEX audit_action ON audit (action, id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -96,6 +136,38 @@ class Credential:
     device_id: str
     password: PasswordHash
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    role: str
+    password: str
+    totp_secret: str | None
+    totp_last_step: int
+    created_at: float
+    password_changed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    digest: str
+    username: str
+    csrf: str
+    created_at: float
+    last_seen: float
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    id: str
+    username: str
+    name: str
+    scope: str
+    digest: str
+    created_at: float
+    last_used: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +367,147 @@ class Store:
                 (time.time(), actor, action, target, result, detail),
             )
 
-    def audit_log(self, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
-        sql, args = "SELECT * FROM audit", []
-        if action:
-            sql, args = sql + " WHERE action = ?", [action]
+    def audit_log(self, limit: int = 100, action: str | None = None, *,
+                  actor: str | None = None, result: str | None = None,
+                  target: str | None = None, before: int | None = None) -> list[AuditEntry]:
+        """The newest entries first; each given filter must match exactly."""
+        where: list[str] = []
+        args: list[str | int] = []
+        for column, value in (("action", action), ("actor", actor), ("result", result),
+                              ("target", target)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        # Only fixed column names are joined in; every value is a bound parameter.
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")  # noqa: S608
         rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
         return [AuditEntry(**dict(r)) for r in rows]
+
+    def audit_actions(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT action FROM audit ORDER BY 1")]
+
+    # -- web accounts ------------------------------------------------------------------
+
+    def add_user(self, username: str, role: str, password: str) -> None:
+        now = time.time()
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO users (username, role, password, created_at, password_changed_at)"
+                " VALUES (?, ?, ?, ?, ?)", (username, role, password, now, now))
+
+    def user(self, username: str) -> User | None:
+        row = self.db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        return User(**dict(row)) if row else None
+
+    def users(self) -> list[User]:
+        return [User(**dict(r)) for r in self.db.execute("SELECT * FROM users ORDER BY 1")]
+
+    def delete_user(self, username: str) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM users WHERE username = ?", (username,))
+
+    def set_password(self, username: str, password: str) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE users SET password = ?, password_changed_at = ?"
+                            " WHERE username = ?", (password, time.time(), username))
+
+    def set_totp(self, username: str, secret: str | None, recovery_digests: list[str]) -> None:
+        """Turn the second factor on (with fresh recovery codes) or off (secret None)."""
+        with self.transaction():
+            self.db.execute("UPDATE users SET totp_secret = ?, totp_last_step = 0"
+                            " WHERE username = ?", (secret, username))
+            self.db.execute("DELETE FROM recovery_codes WHERE username = ?", (username,))
+            self.db.executemany("INSERT INTO recovery_codes VALUES (?, ?)",
+                                [(username, d) for d in recovery_digests])
+
+    def advance_totp_step(self, username: str, step: int) -> bool:
+        """Record a used TOTP time step; False when it (or a later one) was used already."""
+        with self.transaction():
+            row = self.db.execute(
+                "UPDATE users SET totp_last_step = ? WHERE username = ? AND totp_last_step < ?"
+                " RETURNING 1", (step, username, step)).fetchone()
+        return row is not None
+
+    def use_recovery_code(self, username: str, digest: str) -> bool:
+        with self.transaction():
+            row = self.db.execute(
+                "DELETE FROM recovery_codes WHERE username = ? AND digest = ? RETURNING 1",
+                (username, digest)).fetchone()
+        return row is not None
+
+    def recovery_codes_left(self, username: str) -> int:
+        return int(self.db.execute("SELECT count(*) FROM recovery_codes WHERE username = ?",
+                                   (username,)).fetchone()[0])
+
+    def add_session(self, session: Session) -> None:
+        with self.transaction():
+            self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                            (session.digest, session.username, session.csrf,
+                             session.created_at, session.last_seen, session.address))
+
+    def session(self, digest: str) -> Session | None:
+        row = self.db.execute("SELECT * FROM sessions WHERE digest = ?", (digest,)).fetchone()
+        return Session(**dict(row)) if row else None
+
+    def touch_session(self, digest: str, now: float) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE sessions SET last_seen = ? WHERE digest = ?", (now, digest))
+
+    def delete_sessions(self, *, digest: str | None = None, username: str | None = None,
+                        except_digest: str | None = None) -> int:
+        """End one session, or every session of a user (but `except_digest`)."""
+        with self.transaction():
+            if digest is not None:
+                cur = self.db.execute("DELETE FROM sessions WHERE digest = ?", (digest,))
+            else:
+                cur = self.db.execute(
+                    "DELETE FROM sessions WHERE username = ? AND digest != ?",
+                    (username, except_digest or ""))
+        return cur.rowcount
+
+    def expire_sessions(self, idle_before: float, created_before: float) -> int:
+        with self.transaction():
+            cur = self.db.execute(
+                "DELETE FROM sessions WHERE last_seen < ? OR created_at < ?",
+                (idle_before, created_before))
+        return cur.rowcount
+
+    def add_api_token(self, token: ApiToken) -> None:
+        with self.transaction():
+            self.db.execute("INSERT INTO api_tokens VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (token.id, token.username, token.name, token.scope, token.digest,
+                             token.created_at, token.last_used))
+
+    def api_token(self, id: str) -> ApiToken | None:
+        row = self.db.execute("SELECT * FROM api_tokens WHERE id = ?", (id,)).fetchone()
+        return ApiToken(**dict(row)) if row else None
+
+    def api_tokens(self, username: str | None = None) -> list[ApiToken]:
+        sql, args = "SELECT * FROM api_tokens", []
+        if username is not None:
+            sql, args = sql + " WHERE username = ?", [username]
+        return [ApiToken(**dict(r)) for r in self.db.execute(sql + " ORDER BY created_at", args)]
+
+    def delete_api_token(self, id: str) -> bool:
+        with self.transaction():
+            cur = self.db.execute("DELETE FROM api_tokens WHERE id = ?", (id,))
+        return cur.rowcount > 0
+
+    def touch_api_token(self, id: str, now: float) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, id))
+
+    def setting(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        with self.transaction():
+            if value is None:
+                self.db.execute("DELETE FROM settings WHERE key = ?", (key,))
+            else:
+                self.db.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key)"
+                                " DO UPDATE SET value = excluded.value", (key, value))

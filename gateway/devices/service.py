@@ -32,10 +32,15 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 1.0
 COMMAND_TIMEOUT_S = 10.0
+ONLINE_WITHIN_S = 120.0  # a device that reported within this is "online"
 
 
 class CommandRejected(Exception):
-    """A command that was not sent; str() is the reason."""
+    """A command that was not sent, or not answered; str() is the reason."""
+
+
+class CommandTimeout(CommandRejected):
+    """Sent, but the device gave no result in time."""
 
 
 @dataclass(slots=True)
@@ -105,10 +110,21 @@ class DeviceService:
     def devices(self) -> list[Device]:
         return list(self._devices.values())
 
-    def online(self, within_s: float = 120.0) -> int:
-        now = time.time()
-        return sum(1 for d in self._devices if (seen := self._live[d].last_seen) is not None
-                   and now - seen < within_s)
+    def online(self, within_s: float = ONLINE_WITHIN_S) -> int:
+        return sum(1 for d in self._devices if self.is_online(d, within_s))
+
+    def last_seen(self, device_id: str) -> float | None:
+        live = self._live.get(device_id)
+        return live.last_seen if live else None
+
+    def is_online(self, device_id: str, within_s: float = ONLINE_WITHIN_S) -> bool:
+        seen = self.last_seen(device_id)
+        return seen is not None and time.time() - seen < within_s
+
+    def state(self, device_id: str) -> dict[str, Any]:
+        """The device's latest reported state and readings (live, not yet flushed)."""
+        live = self._live.get(device_id)
+        return dict(live.state) if live else {}
 
     # -- what devices send -------------------------------------------------------------
 
@@ -200,14 +216,18 @@ class DeviceService:
     # -- commands ----------------------------------------------------------------------
 
     async def send_command(self, device_id: str, action: str, params: dict[str, Any], *,
-                           source: str, timeout: float = COMMAND_TIMEOUT_S) -> dict[str, Any]:
-        """Validate, send and await the device's result. Every outcome is audited."""
+                           source: str, actor: str | None = None,
+                           timeout: float = COMMAND_TIMEOUT_S) -> dict[str, Any]:
+        """Validate, send and await the device's result. Every outcome is audited, by
+        `actor` (default: the source) with the source in the detail."""
         device = self._devices.get(device_id)
         problem = (f"unknown device {device_id!r}" if device is None
                    else check_command(device.kind, action, params))
+        who = actor or source
+        action_note = f"{action} (source {source})" if actor else action
         if problem:
-            self.store.audit(source, "command", "rejected", target=device_id,
-                             detail=f"{action}: {problem}")
+            self.store.audit(who, "command", "rejected", target=device_id,
+                             detail=f"{action_note}: {problem}")
             raise CommandRejected(problem)
         command_id = secrets.token_hex(8)
         key = f"{device_id}/{command_id}"
@@ -219,12 +239,12 @@ class DeviceService:
             await self.session.publish(device_topic(device_id, "cmd"), payload, qos=1)
             result = await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            self.store.audit(source, "command", "timeout", target=device_id, detail=action)
-            raise CommandRejected(f"no result from {device_id} within {timeout:g} s") from None
+            self.store.audit(who, "command", "timeout", target=device_id, detail=action_note)
+            raise CommandTimeout(f"no result from {device_id} within {timeout:g} s") from None
         finally:
             self._pending.pop(key, None)
-        self.store.audit(source, "command", str(result["status"]), target=device_id,
-                         detail=action)
+        self.store.audit(who, "command", str(result["status"]), target=device_id,
+                         detail=action_note)
         return result
 
     # -- registry changes, applied to the live broker ---------------------------------

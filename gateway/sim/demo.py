@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from gateway.devices.service import CommandRejected
 from gateway.devices.topics import device_topic
 from gateway.mqtt import MqttSession
 from gateway.sim.devices import fleet_ids
-from gateway.sim.lab import Lab, start_lab
+from gateway.sim.lab import Lab, free_port, start_lab
 
 REPORT_EVERY_S = 5.0
 
@@ -60,14 +62,29 @@ async def _commands(lab: Lab) -> None:
                 say(f"command to {agent.id} failed: {exc}")
 
 
+def _web_port(preferred: int = 8080) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
 async def run_demo(state_dir: str | None, devices: int = 6,
                    duration: float | None = None) -> int:
     with contextlib.ExitStack() as stack:
         if state_dir is None:
             state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="home-gateway-"))
-        lab = await start_lab(Path(state_dir).resolve())
+        # The demo prints the setup code itself; the daemon's log line would repeat it.
+        logging.getLogger("gateway.daemon").setLevel(logging.ERROR)
+        web = f'\n[web]\nlisten = ["127.0.0.1:{_web_port()}"]\n'
+        lab = await start_lab(Path(state_dir).resolve(), extra_config=web)
         daemon = lab.daemon
         say(f"home-gateway demo: state in {state_dir}")
+        if daemon.setup_code:
+            say(f"admin page: {daemon.web.urls[0]}  setup code: {daemon.setup_code} "
+                "(create your admin account with it; valid 1 hour)")
         say(f"broker: mosquitto pid {daemon.broker.pid if daemon.broker else '-'} on "
             f"{daemon.endpoint.host}:{daemon.endpoint.port} (anonymous access refused)")
         kinds = list(KINDS)

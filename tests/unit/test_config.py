@@ -81,7 +81,7 @@ def test_minimal_config_gets_the_defaults() -> None:
             listeners=(Listener(address="127.0.0.1", port=1883, tls=False),),
             external=None,
         ),
-        web=WebConfig(listen=()),
+        web=WebConfig(listen=(), tls="auto"),
         telemetry=TelemetryConfig(
             max_payload_bytes=16384,
             history_size=360,
@@ -112,7 +112,7 @@ def test_shipped_config_loads_with_safe_defaults() -> None:
     assert shipped.gateway == defaults.gateway
     assert shipped.broker == defaults.broker
     assert shipped.broker.listeners == (Listener("127.0.0.1", 1883, False),)
-    assert shipped.web == WebConfig(listen=())
+    assert shipped.web == WebConfig(listen=(), tls="auto")
     assert shipped.telemetry == defaults.telemetry
     assert shipped.devices == ()
 

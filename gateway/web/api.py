@@ -1,0 +1,509 @@
+"""The JSON API under /api/v1: one route table drives the router, the access checks and the
+OpenAPI document, so they cannot drift apart.
+
+Access levels: `public` (setup and login), `read` (any logged-in user or API token),
+`admin` (admins, and admin-scoped tokens), `account` (one's own account: a session only,
+never an API token, so a leaked token cannot change passwords or mint more tokens) and
+`users` (managing users: an admin's session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.devices.kinds import KINDS
+from gateway.devices.registry import DeviceError
+from gateway.devices.service import CommandRejected, CommandTimeout
+from gateway.store import ApiToken, AuditEntry, Device, User
+from gateway.web.accounts import Accounts, Principal
+from gateway.web.schema import Body, BodyError, Obj, Str
+
+if TYPE_CHECKING:
+    from gateway.daemon import Daemon
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DEVICE_ID = r"[a-z0-9-]{3,40}"
+EVENT_INTERVAL_S = 1.0
+REFRESH_S = 5.0
+TELEMETRY_WINDOW_S = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    access: str
+    summary: str
+    body: Body | None = None
+    response: str | None = None  # a schema name in openapi.SCHEMAS
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    query: tuple[tuple[str, dict[str, Any]], ...] = ()
+    produces: str = "application/json"
+
+
+def _key(kind: str, name: str) -> Any:
+    """A typed storage key where aiohttp has them (3.9+), else the plain string (3.8)."""
+    factory = getattr(web, kind, None)
+    return factory(name, object) if factory else name
+
+
+DAEMON = _key("AppKey", "daemon")
+ACCOUNTS = _key("AppKey", "accounts")
+COOKIES = _key("AppKey", "cookies")
+GUARD = _key("AppKey", "guard")
+STOPPING = _key("AppKey", "stopping")
+ACCESS = _key("AppKey", "access")
+PRINCIPAL = _key("RequestKey", "principal")
+PRE = _key("RequestKey", "pre")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def daemon_of(request: web.Request) -> Daemon:
+    daemon: Daemon = request.app[DAEMON]
+    return daemon
+
+
+def accounts_of(request: web.Request) -> Accounts:
+    accounts: Accounts = request.app[ACCOUNTS]
+    return accounts
+
+
+def principal_of(request: web.Request) -> Principal:
+    principal: Principal = request[PRINCIPAL]
+    return principal
+
+
+def client_address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def reply(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+async def body_of(request: web.Request, body: Body) -> dict[str, Any]:
+    try:
+        return body.parse(await request.read(), request.content_type)
+    except BodyError as exc:
+        raise HttpError(exc.status, str(exc)) from None
+
+
+# -- views of stored things ------------------------------------------------------------
+
+def device_view(daemon: Daemon, device: Device) -> dict[str, Any]:
+    service = daemon.devices
+    kind = KINDS.get(device.kind)
+    return {
+        "id": device.id, "name": device.name, "kind": device.kind, "status": device.status,
+        "source": device.source, "mac": device.mac, "ip": device.ip,
+        "online": service.is_online(device.id), "last_seen": service.last_seen(device.id),
+        "first_seen": device.first_seen, "invalid_messages": device.invalid_messages,
+        "state": service.state(device.id),
+        "actions": {a: sorted(params) for a, params in kind.actions.items()} if kind else {},
+    }
+
+
+def audit_view(entry: AuditEntry) -> dict[str, Any]:
+    return {"id": entry.id, "ts": entry.ts, "actor": entry.actor, "action": entry.action,
+            "target": entry.target, "result": entry.result, "detail": entry.detail}
+
+
+def user_view(accounts: Accounts, user: User) -> dict[str, Any]:
+    return {"username": user.username, "role": user.role,
+            "second_factor": user.totp_secret is not None, "created_at": user.created_at}
+
+
+def token_view(token: ApiToken) -> dict[str, Any]:
+    return {"id": token.id, "name": token.name, "scope": token.scope,
+            "username": token.username, "created_at": token.created_at,
+            "last_used": token.last_used}
+
+
+def status_view(daemon: Daemon) -> dict[str, Any]:
+    from gateway import __version__
+    status = daemon.status()
+    status["messages_per_s"] = round(daemon.rates.per_second, 1)
+    status["version"] = __version__
+    status["tiles"] = {  # filled by later capabilities; the dashboard shows them as such
+        "cloud": {"state": "not configured"},
+        "firewall": {"state": "not configured"},
+        "privacy": {"state": "off", "detail": "no category consented"},
+    }
+    return status
+
+
+def _device(request: web.Request) -> Device:
+    device_id = request.match_info["id"]
+    for device in daemon_of(request).devices.devices():
+        if device.id == device_id:
+            return device
+    raise HttpError(404, f"no device {device_id!r}")
+
+
+def _int_query(request: web.Request, name: str, default: int | None, low: int,
+               high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise HttpError(400, f"{name}: expected a whole number from {low} to {high}")
+    return int(raw)
+
+
+# -- handlers ----------------------------------------------------------------------------
+
+async def get_status(request: web.Request) -> web.StreamResponse:
+    return reply(status_view(daemon_of(request)))
+
+
+async def list_devices(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    return reply({"devices": [device_view(daemon, d) for d in daemon.devices.devices()]})
+
+
+ADD_DEVICE = Body({
+    "id": Str(3, 40, pattern=f"^{DEVICE_ID}$", description="lower-case letters, digits, '-'"),
+    "kind": Str(enum=tuple(KINDS)),
+    "name": Str(1, 64, required=False),
+    "mac": Str(1, 17, required=False, description="aa:bb:cc:dd:ee:ff"),
+    "ip": Str(1, 45, required=False),
+})
+
+
+async def add_device(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, ADD_DEVICE)
+    daemon, who = daemon_of(request), principal_of(request)
+    try:
+        device = await daemon.devices.add(data["id"], data["kind"], name=data.get("name"),
+                                          source="web", mac=data.get("mac"),
+                                          ip=data.get("ip"), actor=who.actor)
+        username, secret = await daemon.devices.issue_credential(device.id, who.actor)
+    except DeviceError as exc:
+        raise HttpError(409 if "exists" in str(exc) else 400, str(exc)) from None
+    return reply({"device": device_view(daemon, device),
+                  "credential": {"username": username, "password": secret}}, 201)
+
+
+async def get_device(request: web.Request) -> web.StreamResponse:
+    return reply(device_view(daemon_of(request), _device(request)))
+
+
+async def remove_device(request: web.Request) -> web.StreamResponse:
+    device = _device(request)
+    try:
+        await daemon_of(request).devices.remove(device.id, principal_of(request).actor)
+    except DeviceError as exc:
+        raise HttpError(409, str(exc)) from None
+    return reply({"removed": device.id})
+
+
+async def device_telemetry(request: web.Request) -> web.StreamResponse:
+    device = _device(request)
+    minutes = _int_query(request, "minutes", 60, 1, 24 * 60) or 60
+    since = time.time() - minutes * 60
+    store = daemon_of(request).store
+    points = [{"ts": ts, "values": values}
+              for ts, values in store.telemetry(device.id, limit=5000) if ts >= since]
+    return reply({"device": device.id, "minutes": minutes, "points": points})
+
+
+COMMAND = Body({
+    "action": Str(1, 64, description="one of the device kind's actions"),
+    "params": Obj(required=False, description="the action's parameters"),
+})
+
+
+async def send_command(request: web.Request) -> web.StreamResponse:
+    device = _device(request)
+    data = await body_of(request, COMMAND)
+    try:
+        result = await daemon_of(request).devices.send_command(
+            device.id, data["action"], data.get("params", {}), source="admin",
+            actor=principal_of(request).actor)
+    except CommandTimeout as exc:
+        raise HttpError(504, str(exc)) from None
+    except CommandRejected as exc:
+        raise HttpError(400, str(exc)) from None
+    return reply({"device": device.id, "action": data["action"], "result": result})
+
+
+async def get_audit(request: web.Request) -> web.StreamResponse:
+    store = daemon_of(request).store
+    query = request.query
+    filters = {k: query.get(k) or None for k in ("action", "actor", "result", "target")}
+    for name, value in filters.items():
+        if value is not None and len(value) > 128:
+            raise HttpError(400, f"{name}: expected at most 128 characters")
+    limit = _int_query(request, "limit", 100, 1, 1000) or 100
+    before = _int_query(request, "before", None, 1, 2**62)
+    entries = store.audit_log(limit, filters["action"], actor=filters["actor"],
+                              result=filters["result"], target=filters["target"], before=before)
+    return reply({"entries": [audit_view(e) for e in entries],
+                  "actions": store.audit_actions()})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: a snapshot whenever something changed, checked every second."""
+    daemon, accounts, principal = daemon_of(request), accounts_of(request), principal_of(request)
+    stopping: asyncio.Event = request.app[STOPPING]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    last_change, last_sent = "", 0.0
+    while not stopping.is_set() and accounts.session_alive(principal):
+        status = status_view(daemon)
+        devices = [device_view(daemon, d) for d in daemon.devices.devices()]
+        audit = [audit_view(e) for e in daemon.store.audit_log(5)]
+        # Uptime and rates move every tick; send at once what a user would notice
+        # change, and refresh the rest every few seconds.
+        change = json.dumps([devices, audit, status["healthy"], status["broker"]])
+        now = time.monotonic()
+        if change != last_change or now - last_sent >= REFRESH_S:
+            snapshot = json.dumps({"status": status, "devices": devices, "audit": audit})
+            await response.write(f"event: snapshot\ndata: {snapshot}\n\n".encode())
+            last_change, last_sent = change, now
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), EVENT_INTERVAL_S)
+    await response.write(b"event: end\ndata: {}\n\n")
+    return response
+
+
+# -- setup, login, account ---------------------------------------------------------------
+
+async def get_setup(request: web.Request) -> web.StreamResponse:
+    accounts = accounts_of(request)
+    needed = accounts.needs_setup()
+    return reply({"needed": needed,
+                  "code_expires": accounts.setup_code_expiry() if needed else None})
+
+
+SETUP = Body({
+    "code": Str(1, 64, description="the one-time setup code from the log"),
+    "username": Str(1, 32),
+    "password": Str(1, 1024),
+})
+
+
+async def do_setup(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, SETUP)
+    token, session = await accounts_of(request).setup(
+        data["code"], data["username"], data["password"], client_address(request))
+    return session_reply(request, token, session.csrf, data["username"], "admin", 201)
+
+
+LOGIN = Body({
+    "username": Str(1, 64),
+    "password": Str(1, 1024),
+    "code": Str(0, 32, required=False, description="TOTP or recovery code, when enabled"),
+})
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, LOGIN)
+    accounts = accounts_of(request)
+    token, session = await accounts.login(data["username"], data["password"],
+                                          data.get("code"), client_address(request))
+    user = accounts.store.user(session.username)
+    assert user is not None
+    return session_reply(request, token, session.csrf, user.username, user.role, 201)
+
+
+def session_reply(request: web.Request, token: str, csrf: str, username: str, role: str,
+                  status: int) -> web.Response:
+    response = reply({"username": username, "role": role, "csrf_token": csrf}, status)
+    cookies = request.app[COOKIES]
+    cookies.set_session(response, token)
+    return response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    accounts_of(request).logout(principal_of(request))
+    response = reply({"logged_out": True})
+    request.app[COOKIES].clear_session(response)
+    return response
+
+
+async def get_account(request: web.Request) -> web.StreamResponse:
+    who = principal_of(request)
+    store = accounts_of(request).store
+    user = store.user(who.username)
+    assert user is not None
+    return reply({
+        "username": who.username, "role": who.role,
+        "second_factor": user.totp_secret is not None,
+        "recovery_codes_left": store.recovery_codes_left(who.username),
+        "via": "token" if who.token else "session",
+        "scope": who.token.scope if who.token else None,
+    })
+
+
+CHANGE_PASSWORD = Body({"current_password": Str(1, 1024), "new_password": Str(1, 1024)})
+
+
+async def change_password(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, CHANGE_PASSWORD)
+    await accounts_of(request).change_password(
+        principal_of(request), data["current_password"], data["new_password"],
+        client_address(request))
+    return reply({"changed": True})
+
+
+async def begin_totp(request: web.Request) -> web.StreamResponse:
+    return reply(accounts_of(request).begin_totp(principal_of(request)))
+
+
+CONFIRM_TOTP = Body({"secret": Str(32, 32), "code": Str(1, 16)})
+
+
+async def confirm_totp(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, CONFIRM_TOTP)
+    codes = accounts_of(request).confirm_totp(principal_of(request), data["secret"],
+                                              data["code"])
+    return reply({"recovery_codes": codes})
+
+
+DISABLE_TOTP = Body({"password": Str(1, 1024)})
+
+
+async def disable_totp(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, DISABLE_TOTP)
+    await accounts_of(request).disable_totp(principal_of(request), data["password"],
+                                            client_address(request))
+    return reply({"second_factor": False})
+
+
+async def list_tokens(request: web.Request) -> web.StreamResponse:
+    tokens = accounts_of(request).tokens(principal_of(request))
+    return reply({"tokens": [token_view(t) for t in tokens]})
+
+
+CREATE_TOKEN = Body({"name": Str(1, 64), "scope": Str(enum=("read", "admin"))})
+
+
+async def create_token(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, CREATE_TOKEN)
+    row, token = accounts_of(request).create_token(principal_of(request), data["name"],
+                                                   data["scope"])
+    return reply({**token_view(row), "token": token}, 201)
+
+
+async def revoke_token(request: web.Request) -> web.StreamResponse:
+    accounts_of(request).revoke_token(principal_of(request), request.match_info["id"])
+    return reply({"revoked": request.match_info["id"]})
+
+
+async def list_users(request: web.Request) -> web.StreamResponse:
+    accounts = accounts_of(request)
+    return reply({"users": [user_view(accounts, u) for u in accounts.store.users()]})
+
+
+ADD_USER = Body({"username": Str(1, 32), "role": Str(enum=("admin", "viewer")),
+                 "password": Str(1, 1024)})
+
+
+async def add_user(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, ADD_USER)
+    accounts = accounts_of(request)
+    user = await accounts.add_user(principal_of(request), data["username"], data["role"],
+                                   data["password"])
+    return reply(user_view(accounts, user), 201)
+
+
+async def delete_user(request: web.Request) -> web.StreamResponse:
+    accounts_of(request).delete_user(principal_of(request), request.match_info["username"])
+    return reply({"deleted": request.match_info["username"]})
+
+
+async def openapi_document(request: web.Request) -> web.StreamResponse:
+    from gateway.web.openapi import document
+    return reply(document(ROUTES))
+
+
+P = "/api/v1"
+_AUTH_ERRORS = (401, 403)
+ROUTES: tuple[Route, ...] = (
+    Route("GET", f"{P}/openapi.json", openapi_document, "read", "This document"),
+    Route("GET", f"{P}/status", get_status, "read", "Gateway health, counters and tiles",
+          response="Status"),
+    Route("GET", f"{P}/events", events, "read",
+          "Server-Sent Events: a `snapshot` (status, devices, recent audit) on change",
+          produces="text/event-stream"),
+    Route("GET", f"{P}/devices", list_devices, "read", "All devices", response="DeviceList"),
+    Route("POST", f"{P}/devices", add_device, "admin",
+          "Register a device; its MQTT credential is returned this once",
+          body=ADD_DEVICE, response="DeviceAdded", status=201, errors=(400, 409)),
+    Route("GET", f"{P}/devices/{{id}}", get_device, "read", "One device", response="Device",
+          errors=(404,)),
+    Route("DELETE", f"{P}/devices/{{id}}", remove_device, "admin",
+          "Remove a device and revoke its credential", response="Removed",
+          errors=(404, 409)),
+    Route("GET", f"{P}/devices/{{id}}/telemetry", device_telemetry, "read",
+          "The device's readings of the last minutes", response="Telemetry",
+          errors=(400, 404),
+          query=(("minutes", {"type": "integer", "minimum": 1, "maximum": 1440}),)),
+    Route("POST", f"{P}/devices/{{id}}/commands", send_command, "admin",
+          "Send a command (checked against the device kind) and wait for its result",
+          body=COMMAND, response="CommandResult", errors=(400, 404, 504)),
+    Route("GET", f"{P}/audit", get_audit, "read", "The audit log, newest first",
+          response="Audit", errors=(400,),
+          query=(("action", {"type": "string", "maxLength": 128}),
+                 ("actor", {"type": "string", "maxLength": 128}),
+                 ("result", {"type": "string", "maxLength": 128}),
+                 ("target", {"type": "string", "maxLength": 128}),
+                 ("before", {"type": "integer", "minimum": 1}),
+                 ("limit", {"type": "integer", "minimum": 1, "maximum": 1000}))),
+    Route("GET", f"{P}/setup", get_setup, "public", "Whether first-run setup is pending",
+          response="SetupState"),
+    Route("POST", f"{P}/setup", do_setup, "public",
+          "Create the first admin with the one-time setup code (logs in)",
+          body=SETUP, response="SessionCreated", status=201, errors=(400, 403, 409, 429)),
+    Route("POST", f"{P}/session", login, "public", "Log in (sets the session cookie)",
+          body=LOGIN, response="SessionCreated", status=201, errors=(400, 401, 429)),
+    Route("DELETE", f"{P}/session", logout, "account", "Log out: the session ends",
+          response="LoggedOut"),
+    Route("GET", f"{P}/account", get_account, "read", "Who is asking", response="Account"),
+    Route("POST", f"{P}/account/password", change_password, "account",
+          "Change one's password (the current one is required; other sessions end)",
+          body=CHANGE_PASSWORD, response="Changed", errors=(400, 403, 429)),
+    Route("POST", f"{P}/account/totp", begin_totp, "account",
+          "Start enrolling an authenticator app: a secret and its QR code",
+          response="TotpSecret", errors=(409,)),
+    Route("POST", f"{P}/account/totp/confirm", confirm_totp, "account",
+          "Turn TOTP on with a code from the app; returns recovery codes once",
+          body=CONFIRM_TOTP, response="RecoveryCodes", errors=(400, 409)),
+    Route("POST", f"{P}/account/totp/disable", disable_totp, "account",
+          "Turn TOTP off (the password is required)", body=DISABLE_TOTP,
+          response="TotpOff", errors=(400, 403, 429)),
+    Route("GET", f"{P}/tokens", list_tokens, "account", "API tokens (admins see all)",
+          response="TokenList"),
+    Route("POST", f"{P}/tokens", create_token, "account",
+          "Create an API token; the token is returned this once",
+          body=CREATE_TOKEN, response="TokenCreated", status=201, errors=(400,)),
+    Route("DELETE", f"{P}/tokens/{{id}}", revoke_token, "account", "Revoke an API token",
+          response="Revoked", errors=(404,)),
+    Route("GET", f"{P}/users", list_users, "users", "Users", response="UserList"),
+    Route("POST", f"{P}/users", add_user, "users", "Add a user", body=ADD_USER,
+          response="User", status=201, errors=(400, 409)),
+    Route("DELETE", f"{P}/users/{{username}}", delete_user, "users", "Delete a user",
+          response="Deleted", errors=(404, 409)),
+)

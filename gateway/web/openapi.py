@@ -1,0 +1,178 @@
+"""The OpenAPI 3 document of /api/v1, generated from the route table."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from gateway import __version__
+
+if TYPE_CHECKING:
+    from gateway.web.api import Route
+
+
+def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None,
+         extra: bool = False) -> dict[str, Any]:
+    props = {**required, **(optional or {})}
+    out: dict[str, Any] = {"type": "object", "properties": props,
+                           "additionalProperties": extra}
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+STR = {"type": "string"}
+INT = {"type": "integer"}
+NUM = {"type": "number"}
+BOOL = {"type": "boolean"}
+TS = {"type": "number", "description": "seconds since the Unix epoch"}
+TS_OR_NULL = {**TS, "nullable": True}
+STR_OR_NULL = {"type": "string", "nullable": True}
+ANY_OBJ = {"type": "object", "additionalProperties": True}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list(key: str, item: str) -> dict[str, Any]:
+    return _obj({key: {"type": "array", "items": _ref(item)}})
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": _obj({"error": STR}, {"second_factor": BOOL}),
+    "Status": _obj({
+        "healthy": BOOL, "uptime_s": NUM, "version": STR, "messages_per_s": NUM,
+        "broker": _obj({"mode": STR, "running": {**BOOL, "nullable": True},
+                        "pid": {**INT, "nullable": True}, "restarts": INT, "connected": BOOL}),
+        "devices": _obj({"total": INT, "online": INT}),
+        "messages": _obj({"accepted": INT, "rejected": INT, "unknown": INT, "commands": INT,
+                          "rejected_by_reason": {"type": "object",
+                                                 "additionalProperties": INT}}),
+        "tiles": {"type": "object", "additionalProperties": ANY_OBJ},
+    }),
+    "Device": _obj({
+        "id": STR, "name": STR, "kind": STR, "status": STR, "source": STR,
+        "mac": STR_OR_NULL, "ip": STR_OR_NULL, "online": BOOL, "last_seen": TS_OR_NULL,
+        "first_seen": TS_OR_NULL, "invalid_messages": INT, "state": ANY_OBJ,
+        "actions": {"type": "object",
+                    "additionalProperties": {"type": "array", "items": STR}},
+    }),
+    "DeviceList": _list("devices", "Device"),
+    "DeviceAdded": _obj({"device": _ref("Device"),
+                         "credential": _obj({"username": STR, "password": STR})}),
+    "Removed": _obj({"removed": STR}),
+    "Telemetry": _obj({"device": STR, "minutes": INT, "points": {
+        "type": "array", "items": _obj({"ts": TS, "values": ANY_OBJ})}}),
+    "CommandResult": _obj({"device": STR, "action": STR, "result": ANY_OBJ}),
+    "AuditEntry": _obj({"id": INT, "ts": TS, "actor": STR, "action": STR, "target": STR,
+                        "result": STR, "detail": STR}),
+    "Audit": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")},
+                   "actions": {"type": "array", "items": STR}}),
+    "SetupState": _obj({"needed": BOOL, "code_expires": TS_OR_NULL}),
+    "SessionCreated": _obj({"username": STR, "role": {"type": "string",
+                                                      "enum": ["admin", "viewer"]},
+                            "csrf_token": STR}),
+    "LoggedOut": _obj({"logged_out": BOOL}),
+    "Account": _obj({"username": STR, "role": STR, "second_factor": BOOL,
+                     "recovery_codes_left": INT,
+                     "via": {"type": "string", "enum": ["session", "token"]},
+                     "scope": STR_OR_NULL}),
+    "Changed": _obj({"changed": BOOL}),
+    "TotpSecret": _obj({"secret": STR, "uri": STR, "qr_svg": STR}),
+    "RecoveryCodes": _obj({"recovery_codes": {"type": "array", "items": STR}}),
+    "TotpOff": _obj({"second_factor": BOOL}),
+    "Token": _obj({"id": STR, "name": STR, "scope": {"type": "string",
+                                                    "enum": ["read", "admin"]},
+                   "username": STR, "created_at": TS, "last_used": TS_OR_NULL}),
+    "TokenList": _list("tokens", "Token"),
+    "TokenCreated": _obj({"id": STR, "name": STR, "scope": STR, "username": STR,
+                          "created_at": TS, "last_used": TS_OR_NULL, "token": STR}),
+    "Revoked": _obj({"revoked": STR}),
+    "User": _obj({"username": STR, "role": STR, "second_factor": BOOL, "created_at": TS}),
+    "UserList": _list("users", "User"),
+    "Deleted": _obj({"deleted": STR}),
+}
+
+_MESSAGES = {
+    400: "The request was malformed; `error` names the problem",
+    401: "Not logged in, or wrong credentials",
+    403: "Not allowed (role, token scope, CSRF or Origin check)",
+    404: "No such thing",
+    409: "Conflicts with the current state",
+    413: "The request body is too large",
+    415: "The body is not JSON",
+    421: "The Host header names none of the gateway's names",
+    429: "Too many failed attempts; see Retry-After",
+    504: "The device did not answer in time",
+}
+
+
+def _error(status: int) -> dict[str, Any]:
+    return {"description": _MESSAGES[status],
+            "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": route.handler.__name__,
+        "tags": [route.path.split("/")[3]],
+    }
+    params = [{"name": name, "in": "path", "required": True,
+               "schema": {"type": "string", "maxLength": 64}}
+              for name in re.findall(r"{(\w+)}", route.path)]
+    params += [{"name": name, "in": "query", "required": False, "schema": schema}
+               for name, schema in route.query]
+    if params:
+        op["parameters"] = params
+    if route.body is not None:
+        op["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": route.body.openapi()}}}
+    if route.produces == "application/json":
+        schema = _ref(route.response) if route.response else ANY_OBJ
+        ok = {"description": "OK", "content": {"application/json": {"schema": schema}}}
+    else:
+        ok = {"description": "OK", "content": {route.produces: {"schema": STR}}}
+    responses: dict[str, Any] = {str(route.status): ok}
+    statuses = set(route.errors) | {421}
+    if route.body is not None:
+        statuses |= {400, 413, 415}
+    if route.access != "public":
+        statuses |= {401, 403}
+    elif route.method != "GET":
+        statuses |= {403}  # the CSRF / Origin checks
+    for status in sorted(statuses):
+        responses[str(status)] = _error(status)
+    op["responses"] = responses
+    if route.access == "public":
+        op["security"] = []
+    return op
+
+
+def document(routes: tuple[Route, ...]) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Home Gateway API",
+            "version": __version__,
+            "description": (
+                "The local admin API. Authenticate with the session cookie the login sets "
+                "(state changes then need the X-CSRF-Token header and a same-origin Origin) "
+                "or with `Authorization: Bearer <token>` using an API token made on the "
+                "Account page. `read` tokens may only read; no token may manage accounts."),
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "token": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "hg_session"},
+            },
+        },
+        "security": [{"token": []}, {"session": []}],
+    }

@@ -1,0 +1,178 @@
+"""The admin pages: server-rendered views. Every change they offer goes through the JSON API
+(static/app.js posts the forms), so each action has exactly one implementation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from gateway.devices.kinds import KINDS
+from gateway.web.api import (
+    GUARD,
+    PRE,
+    PRINCIPAL,
+    HttpError,
+    accounts_of,
+    audit_view,
+    daemon_of,
+    device_view,
+    status_view,
+    token_view,
+    user_view,
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("gateway.web", "templates"),
+    autoescape=True, trim_blocks=True, lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    seconds = max(0, int(time.time() - ts))
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {s} s"
+
+
+ENV.filters.update(ago=_ago, clock=_clock, duration=_duration)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    method: str
+    path: str
+    handler: Handler
+    access: str  # "public", "page" (logged in) or "page-admin"
+
+
+def render(request: web.Request, template: str, **context: Any) -> web.Response:
+    principal = request.get(PRINCIPAL)
+    guard = request.app[GUARD]
+    html = ENV.get_template(template).render(
+        user=principal, csrf=guard.csrf_token(request) if PRE in request else "",
+        path=request.path, **context)
+    return web.Response(text=html, content_type="text/html")
+
+
+def render_error(request: web.Request, status: int, message: str) -> str:
+    principal = request.get(PRINCIPAL)
+    return ENV.get_template("error.html").render(
+        user=principal, csrf="", path=request.path, status=status, message=message)
+
+
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    return render(request, "dashboard.html", title="Dashboard", status=status_view(daemon),
+                  audit=[audit_view(e) for e in daemon.store.audit_log(8)])
+
+
+async def devices(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    return render(request, "devices.html", title="Devices",
+                  devices=[device_view(daemon, d) for d in daemon.devices.devices()],
+                  kinds=sorted(KINDS))
+
+
+async def device(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    found = [d for d in daemon.devices.devices() if d.id == request.match_info["id"]]
+    if not found:
+        raise HttpError(404, f"no device {request.match_info['id']!r}")
+    kind = KINDS.get(found[0].kind)
+    return render(request, "device.html", title=found[0].name,
+                  device=device_view(daemon, found[0]),
+                  actions=kind.actions if kind else {})
+
+
+async def audit(request: web.Request) -> web.StreamResponse:
+    store = daemon_of(request).store
+    q = request.query
+    filters = {k: (q.get(k) or "")[:128] for k in ("action", "actor", "result", "target")}
+    before = int(q["before"]) if q.get("before", "").isdigit() else None
+    entries = store.audit_log(50, filters["action"] or None, actor=filters["actor"] or None,
+                              result=filters["result"] or None,
+                              target=filters["target"] or None, before=before)
+    return render(request, "audit.html", title="Audit log", filters=filters,
+                  actions=store.audit_actions(), entries=[audit_view(e) for e in entries],
+                  older=entries[-1].id if len(entries) == 50 else None)
+
+
+async def account(request: web.Request) -> web.StreamResponse:
+    accounts = accounts_of(request)
+    principal = request[PRINCIPAL]
+    user = accounts.store.user(principal.username)
+    assert user is not None
+    return render(request, "account.html", title="Account", account=user_view(accounts, user),
+                  recovery_left=accounts.store.recovery_codes_left(user.username),
+                  tokens=[token_view(t) for t in accounts.tokens(principal)])
+
+
+async def users(request: web.Request) -> web.StreamResponse:
+    accounts = accounts_of(request)
+    return render(request, "users.html", title="Users",
+                  users=[user_view(accounts, u) for u in accounts.store.users()])
+
+
+def _next(request: web.Request) -> str:
+    target = request.query.get("next", "/")
+    # Only a local path: never an open redirect to another site.
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    accounts = accounts_of(request)
+    if accounts.needs_setup():
+        raise web.HTTPFound("/setup")
+    if request.get(PRINCIPAL) is not None:
+        raise web.HTTPFound(_next(request))
+    return render(request, "login.html", title="Log in", next=_next(request))
+
+
+async def setup(request: web.Request) -> web.StreamResponse:
+    accounts = accounts_of(request)
+    if not accounts.needs_setup():
+        raise web.HTTPFound("/login")
+    return render(request, "setup.html", title="Set up your gateway",
+                  expires=accounts.setup_code_expiry())
+
+
+PAGES: tuple[Page, ...] = (
+    Page("GET", "/", dashboard, "page"),
+    Page("GET", "/devices", devices, "page"),
+    Page("GET", "/devices/{id}", device, "page"),
+    Page("GET", "/audit", audit, "page"),
+    Page("GET", "/account", account, "page"),
+    Page("GET", "/users", users, "page-admin"),
+    Page("GET", "/login", login, "public"),
+    Page("GET", "/setup", setup, "public"),
+)

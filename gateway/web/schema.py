@@ -1,0 +1,101 @@
+"""Request bodies: one declaration validates a body and describes it in the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class BodyError(Exception):
+    """A request body that cannot be used; str() names what was wrong."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Str:
+    min: int = 1
+    max: int = 256
+    required: bool = True
+    description: str = ""
+    enum: tuple[str, ...] = ()
+    pattern: str | None = None
+    format: str | None = None
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, str):
+            raise BodyError(f"{name}: expected a string")
+        if self.enum and value not in self.enum:
+            raise BodyError(f"{name}: expected one of: {', '.join(self.enum)}")
+        if not self.min <= len(value) <= self.max:
+            raise BodyError(f"{name}: expected {self.min} to {self.max} characters")
+
+    def openapi(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "string", "minLength": self.min, "maxLength": self.max}
+        if self.enum:
+            out = {"type": "string", "enum": list(self.enum)}
+        if self.pattern:
+            out["pattern"] = self.pattern
+        if self.format:
+            out["format"] = self.format
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Obj:
+    """A free-form JSON object (command parameters: checked later against the kind)."""
+
+    required: bool = True
+    description: str = ""
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise BodyError(f"{name}: expected a JSON object")
+
+    def openapi(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "object", "additionalProperties": True}
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    fields: dict[str, Str | Obj] = field(default_factory=dict)
+
+    def parse(self, raw: bytes, content_type: str) -> dict[str, Any]:
+        if content_type != "application/json":
+            raise BodyError("expected a JSON body (Content-Type: application/json)", 415)
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise BodyError(f"body: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise BodyError("body: expected a JSON object")
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise BodyError(f"{unknown[0]}: unknown field (expected: "
+                            f"{', '.join(self.fields) or 'none'})")
+        for name, spec in self.fields.items():
+            if name not in data:
+                if spec.required:
+                    raise BodyError(f"{name}: missing")
+                continue
+            spec.check(name, data[name])
+        return data
+
+    def openapi(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {n: s.openapi() for n, s in self.fields.items()},
+        }
+        required = [n for n, s in self.fields.items() if s.required]
+        if required:  # OpenAPI 3.0 forbids an empty "required"
+            out["required"] = required
+        return out

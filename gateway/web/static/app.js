@@ -1,0 +1,349 @@
+// Home Gateway admin page. Forms post JSON to the API (one implementation of every
+// action); the page follows the gateway live through Server-Sent Events.
+"use strict";
+
+const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+
+async function api(method, url, body) {
+  const init = { method, headers: { "X-CSRF-Token": csrf() }, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch(url, init);
+  let data = {};
+  try { data = await res.json(); } catch (e) { data = { error: res.statusText }; }
+  return { ok: res.ok, status: res.status, data, retryAfter: res.headers.get("Retry-After") };
+}
+
+function collect(form) {
+  const body = {};
+  if (form.dataset.fixedAction) body.action = form.dataset.fixedAction;
+  for (const el of form.elements) {
+    if (!el.name || el.dataset.local !== undefined) continue;
+    if (el.closest("[hidden]") && el.value === "") continue;
+    let value = el.value;
+    if (el.dataset.type === "bool") value = value === "true";
+    else if (el.dataset.type === "number") value = Number(value);
+    else if (value === "" && !el.required) continue;
+    const path = el.name.split(".");
+    let target = body;
+    for (const key of path.slice(0, -1)) target = target[key] = target[key] || {};
+    target[path[path.length - 1]] = value;
+  }
+  return body;
+}
+
+function say(form, text, kind) {
+  const out = form.querySelector(".result");
+  if (!out) return;
+  out.textContent = text;
+  out.className = "result " + (kind || "");
+}
+
+// A value as the server renders it: booleans as yes / no.
+function shown(v) { return typeof v === "boolean" ? (v ? "yes" : "no") : String(v); }
+
+function clear(el) { while (el.firstChild) el.removeChild(el.firstChild); }
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  for (const c of children) node.append(c);
+  return node;
+}
+
+const done = {
+  login(form, res) {
+    if (res.ok) { location.assign(form.dataset.next || "/"); return; }
+    if (res.data.second_factor) {
+      const box = form.querySelector(".second-factor");
+      const wasHidden = box.hidden;
+      box.hidden = false;
+      form.elements.code.required = true;
+      form.elements.code.focus();
+      if (wasHidden) { say(form, res.data.error, "info"); return; }
+    }
+    say(form, res.data.error, "error");
+  },
+  reload() { location.reload(); },
+  reset(form) { form.reset(); say(form, "Saved.", "ok"); },
+  totp(form, res) {
+    document.getElementById("totp-enrol").hidden = false;
+    const qr = document.getElementById("totp-qr");
+    qr.innerHTML = res.data.qr_svg; // our own server's SVG
+    const image = qr.querySelector("svg");
+    if (image && !image.getAttribute("viewBox")) { // let CSS scale it instead of cropping
+      image.setAttribute("viewBox", `0 0 ${image.getAttribute("width")} ${image.getAttribute("height")}`);
+    }
+    if (image) image.setAttribute("role", "img");
+    if (image) image.setAttribute("aria-label", "QR code for your authenticator app");
+    // Shown in groups of four, the way authenticator apps accept it typed in.
+    document.getElementById("totp-secret").textContent = res.data.secret.replace(/(.{4})(?=.)/g, "$1 ");
+    document.querySelector('#totp-confirm [name="secret"]').value = res.data.secret;
+    form.hidden = true;
+    document.querySelector('#totp-confirm [name="code"]').focus();
+  },
+  recovery(form, res) {
+    document.getElementById("totp-enrol").hidden = true;
+    const list = document.getElementById("recovery-codes");
+    clear(list);
+    for (const code of res.data.recovery_codes) list.append(el("li", {}, el("code", {}, code)));
+    document.getElementById("recovery").hidden = false;
+    const off = document.getElementById("totp-off");
+    if (off) off.hidden = true;
+  },
+  token(form, res) {
+    say(form, "", "ok");
+    form.querySelector(".result").append("Copy it now, it is not shown again: ",
+                                         el("code", { class: "secret" }, res.data.token));
+  },
+  credential(form, res) {
+    const c = res.data.credential;
+    say(form, "", "ok");
+    form.querySelector(".result").append(`Added ${res.data.device.id}. MQTT user `,
+      el("code", {}, c.username), " password ", el("code", { class: "secret" }, c.password),
+      " — shown once.");
+  },
+  command(form, res) {
+    const r = res.data.result || {};
+    say(form, `${r.status || "?"}${r.error ? ": " + r.error : ""}`, r.status === "ok" ? "ok" : "error");
+  },
+};
+
+function wireForms() {
+  for (const form of document.querySelectorAll("form[data-api]")) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      if (form.dataset.confirm && !confirm(form.dataset.confirm)) return;
+      if (form.dataset.match) {
+        const [a, b] = form.dataset.match.split(",");
+        if (form.elements[a].value !== form.elements[b].value) {
+          say(form, "The two passwords differ.", "error");
+          return;
+        }
+      }
+      const button = form.querySelector("button");
+      if (button) button.disabled = true;
+      say(form, "…", "");
+      const method = form.dataset.method || "POST";
+      let res;
+      try {
+        res = await api(method, form.dataset.api, method === "DELETE" ? undefined : collect(form));
+      } catch (e) {
+        res = { ok: false, status: 0, data: { error: "the gateway did not answer" } };
+      } finally {
+        if (button) button.disabled = false;
+      }
+      const then = form.dataset.done || "";
+      if (res.status === 429) {
+        say(form, `${res.data.error}`, "error");
+      } else if (then === "login" || (res.ok && then)) {
+        if (then.startsWith("goto:")) location.assign(then.slice(5));
+        else done[then](form, res);
+      } else if (res.ok) {
+        say(form, "Done.", "ok");
+      } else {
+        say(form, res.data.error || `failed (${res.status})`, "error");
+      }
+    });
+  }
+}
+
+// -- relative times ------------------------------------------------------------------
+
+function ago(ts) {
+  if (!ts) return "never";
+  const s = Math.max(0, Math.floor(Date.now() / 1000 - ts));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
+}
+
+function duration(seconds) {
+  let s = Math.floor(seconds);
+  const d = Math.floor(s / 86400); s -= d * 86400;
+  const h = Math.floor(s / 3600); s -= h * 3600;
+  const m = Math.floor(s / 60); s -= m * 60;
+  if (d) return `${d} d ${h} h`;
+  if (h) return `${h} h ${m} min`;
+  return `${m} min ${s} s`;
+}
+
+function clock(ts) {
+  const d = new Date(ts * 1000);
+  const p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ` +
+         `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+function refreshTimes() {
+  for (const node of document.querySelectorAll("[data-seen]")) {
+    node.textContent = ago(Number(node.dataset.seen) || 0);
+  }
+}
+
+// -- live views ------------------------------------------------------------------------
+
+function setField(name, value, good) {
+  const node = document.querySelector(`[data-field="${name}"]`);
+  if (!node) return;
+  node.textContent = value;
+  if (good !== undefined) {
+    node.classList.toggle("ok", good);
+    node.classList.toggle("bad", !good);
+  }
+}
+
+function auditRow(e) {
+  return el("tr", {}, el("td", { class: "c-when" }, clock(e.ts)),
+            el("td", { class: "c-who" }, e.actor || ""), el("td", { class: "c-what" }, e.action),
+            el("td", { class: "c-target" }, e.target || ""),
+            el("td", { class: `c-result r-${e.result}` }, e.result));
+}
+
+const live = {
+  dashboard(snap) {
+    const s = snap.status;
+    setField("health", s.healthy ? "Healthy" : "Degraded", s.healthy);
+    setField("uptime", duration(s.uptime_s));
+    setField("broker", s.broker.connected ? "Running" : "Unreachable", s.broker.connected);
+    setField("restarts", s.broker.restarts);
+    setField("online", s.devices.online);
+    setField("total", s.devices.total);
+    setField("rate", s.messages_per_s);
+    setField("rejected", s.messages.rejected);
+    const list = document.querySelector('[data-list="audit"]');
+    clear(list);
+    for (const e of snap.audit) list.append(auditRow(e));
+  },
+  devices(snap) {
+    const list = document.querySelector('[data-list="devices"]');
+    clear(list);
+    if (!snap.devices.length) list.append(el("tr", { class: "empty" }, el("td", { colspan: "4" }, "No devices yet.")));
+    for (const d of snap.devices) {
+      const dot = el("span", { class: `dot ${d.online ? "on" : "off"}`, title: d.online ? "online" : "offline" });
+      const name = el("td", {}, dot, el("a", { href: `/devices/${d.id}` }, d.name));
+      if (d.name !== d.id) name.append(el("br"), el("small", {}, d.id));
+      list.append(el("tr", { id: `device-${d.id}`, "data-id": d.id }, name,
+        el("td", {}, d.kind), el("td", {}, el("span", { class: "pill" }, d.status)),
+        el("td", { class: "nowrap", "data-seen": d.last_seen || "" }, ago(d.last_seen))));
+    }
+  },
+  device(snap) {
+    const id = document.body.dataset.device;
+    const d = snap.devices.find((x) => x.id === id);
+    if (!d) { setField("seen", "removed"); return; }
+    const dot = document.querySelector('[data-field="dot"]');
+    dot.className = `dot ${d.online ? "on" : "off"}`;
+    dot.title = d.online ? "online" : "offline";
+    const seen = document.querySelector('[data-field="seen"]');
+    seen.dataset.seen = d.last_seen || "";
+    seen.textContent = ago(d.last_seen);
+    const list = document.querySelector('[data-list="state"]');
+    clear(list);
+    if (!Object.keys(d.state).length) list.append(el("tr", { class: "empty" }, el("td", {}, "Nothing reported yet.")));
+    for (const [k, v] of Object.entries(d.state)) list.append(el("tr", {}, el("th", {}, k), el("td", {}, shown(v))));
+  },
+};
+
+function follow() {
+  const view = document.body.dataset.live;
+  if (!view || !window.EventSource) return;
+  const source = new EventSource("/api/v1/events");
+  source.addEventListener("snapshot", (event) => live[view](JSON.parse(event.data)));
+  source.addEventListener("end", () => { source.close(); location.reload(); });
+}
+
+// -- telemetry chart (SVG, no library) -------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+// Units by the metric names' convention (power_w, energy_wh, temperature, ...).
+function unit(name) {
+  if (name.endsWith("_wh")) return " Wh";
+  if (name.endsWith("_w")) return " W";
+  if (/temperature|target/.test(name)) return " °C";
+  if (/humidity|battery|brightness/.test(name)) return " %";
+  return "";
+}
+
+function round(v) { return Math.round(v * 1000) / 1000; }
+
+function drawChart(box, points) {
+  clear(box);
+  const metrics = {}, booleans = new Set();
+  for (const p of points) {
+    for (const [k, v] of Object.entries(p.values)) {
+      if (typeof v === "boolean") booleans.add(k);
+      if (typeof v === "number" || typeof v === "boolean") (metrics[k] = metrics[k] || []).push([p.ts, Number(v)]);
+    }
+  }
+  const names = Object.keys(metrics);
+  if (!names.length) { box.append(el("p", { class: "hint" }, "No readings in the last hour.")); return; }
+  // The x axis spans the last hour, or less while the device has reported for less.
+  const now = Date.now() / 1000;
+  const first = Math.min(...names.map((n) => metrics[n][0][0]));
+  const t0 = Math.max(now - 3600, Math.min(first, now - 60));
+  const W = Math.max(120, Math.round(box.clientWidth || 320)), H = 64, PAD = 5;
+  for (const name of names) {
+    const series = metrics[name], flag = booleans.has(name);
+    const values = series.map((s) => s[1]);
+    let lo = flag ? 0 : Math.min(...values), hi = flag ? 1 : Math.max(...values);
+    if (lo === hi) { lo -= 1; hi += 1; }
+    const x = (t) => Math.max(0, Math.min(W, ((t - t0) / (now - t0)) * W));
+    const y = (v) => H - PAD - ((v - lo) / (hi - lo)) * (H - 2 * PAD);
+    const xy = [];
+    series.forEach(([t, v], i) => {
+      if (flag && i) xy.push([x(t), y(series[i - 1][1])]); // on/off: a step, not a slope
+      xy.push([x(t), y(v)]);
+    });
+    const line = xy.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" ");
+    const [lx, ly] = xy[xy.length - 1];
+    const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "spark", role: "img",
+                               "aria-label": `${name}, last hour` });
+    chart.append(svg("line", { x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5, class: "axis" }));
+    chart.append(svg("polygon", { points: `${xy[0][0].toFixed(1)},${H} ${line} ${lx.toFixed(1)},${H}`, class: "area" }));
+    chart.append(svg("polyline", { points: line, class: "line" }));
+    chart.append(svg("circle", { cx: lx.toFixed(1), cy: ly.toFixed(1), r: 3.5, class: "last" }));
+    const last = values[values.length - 1];
+    const caption = el("figcaption", {}, el("strong", {}, name),
+      el("span", { class: "value" }, flag ? shown(Boolean(last)) : `${round(last)}${unit(name)}`));
+    if (!flag) caption.append(el("small", {}, `min ${round(Math.min(...values))} · max ${round(Math.max(...values))}`));
+    box.append(el("figure", {}, caption, chart));
+  }
+  const span = Math.round((now - t0) / 60);
+  box.append(el("div", { class: "span" },
+    el("span", {}, span >= 2 ? `${span} min ago` : `${Math.round(now - t0)} s ago`), el("span", {}, "now")));
+}
+
+async function chart() {
+  const box = document.getElementById("chart");
+  if (!box) return;
+  let points = null;
+  const load = async () => {
+    const res = await api("GET", box.dataset.telemetry);
+    if (res.ok) { points = res.data.points; drawChart(box, points); }
+  };
+  let resized = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resized);
+    resized = setTimeout(() => { if (points) drawChart(box, points); }, 100);
+  });
+  await load();
+  setInterval(load, 10000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  wireForms();
+  follow();
+  chart();
+  setInterval(refreshTimes, 5000);
+});

@@ -1,0 +1,85 @@
+"""What web tests share: a gateway with its admin page on loopback, accounts made directly in
+its store (fast: no browser), and an HTTP client that behaves like a same-origin browser."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.sim.lab import Lab, free_port, start_lab
+from gateway.web import auth
+
+ADMIN = ("alice", "Kettle-Harbour-Lantern-42")
+VIEWER = ("victor", "Quiet-Meadow-Copper-77")
+
+
+@asynccontextmanager
+async def web_lab(state_dir: Path, extra: str = "") -> AsyncIterator[Lab]:
+    """A running gateway whose admin page listens on a free loopback port."""
+    port = free_port()
+    lab = await start_lab(state_dir, extra_config=f'\n[web]\nlisten = ["127.0.0.1:{port}"]\n'
+                                                   + extra)
+    try:
+        yield lab
+    finally:
+        await lab.stop()
+
+
+def base_url(lab: Lab) -> str:
+    return lab.daemon.web.urls[0].rstrip("/")
+
+
+def add_user(lab: Lab, username: str, password: str, role: str = "admin") -> None:
+    lab.daemon.store.add_user(username, role, auth.hash_password(password))
+
+
+@dataclass
+class Browser:
+    """An aiohttp client with a cookie jar that sends Origin and the page's CSRF token the
+    way the admin page's JavaScript does."""
+
+    http: aiohttp.ClientSession
+    base: str
+    csrf: str = ""
+
+    async def page(self, path: str) -> tuple[int, str]:
+        async with self.http.get(self.base + path) as r:
+            text = await r.text()
+            found = re.search(r'name="csrf-token" content="([^"]*)"', text)
+            if found:
+                self.csrf = found.group(1)
+            return r.status, text
+
+    async def call(self, method: str, path: str, body: Any = None,
+                   **headers: str) -> tuple[int, Any, aiohttp.ClientResponse]:
+        sent = {"Origin": self.base, "X-CSRF-Token": self.csrf, **headers}
+        async with self.http.request(method, self.base + path, json=body, headers=sent,
+                                     allow_redirects=False) as r:
+            try:
+                data = await r.json(content_type=None)
+            except ValueError:
+                data = await r.text()
+            return r.status, data, r
+
+    async def login(self, username: str, password: str, code: str | None = None) -> Any:
+        await self.page("/login")
+        body = {"username": username, "password": password}
+        if code:
+            body["code"] = code
+        status, data, _ = await self.call("POST", "/api/v1/session", body)
+        if status == 201:
+            self.csrf = data["csrf_token"]
+        return status, data
+
+
+@asynccontextmanager
+async def browser(lab: Lab) -> AsyncIterator[Browser]:
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1, as a browser keeps them
+    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+        yield Browser(http, base_url(lab))
