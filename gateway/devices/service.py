@@ -43,6 +43,10 @@ class CommandTimeout(CommandRejected):
     """Sent, but the device gave no result in time."""
 
 
+class DeviceOffline(CommandRejected):
+    """Not sent: the device has never connected, so nothing could deliver it."""
+
+
 @dataclass(slots=True)
 class Live:
     """What the daemon knows of one device since it started."""
@@ -229,6 +233,11 @@ class DeviceService:
             self.store.audit(who, "command", "rejected", target=device_id,
                              detail=f"{action_note}: {problem}")
             raise CommandRejected(problem)
+        if self.last_seen(device_id) is None:
+            # Nothing would deliver it (commands are not retained): say so now, not in 10 s.
+            self.store.audit(who, "command", "rejected", target=device_id,
+                             detail=f"{action_note}: never connected")
+            raise DeviceOffline(f"{device_id} has never connected")
         command_id = secrets.token_hex(8)
         key = f"{device_id}/{command_id}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

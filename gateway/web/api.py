@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.devices.kinds import KINDS
 from gateway.devices.registry import DeviceError
-from gateway.devices.service import CommandRejected, CommandTimeout
+from gateway.devices.service import CommandRejected, CommandTimeout, DeviceOffline
 from gateway.store import ApiToken, AuditEntry, Device, User
 from gateway.web.accounts import Accounts, Principal
 from gateway.web.schema import Body, BodyError, Obj, Str
@@ -159,10 +159,17 @@ def _device(request: web.Request) -> Device:
     raise HttpError(404, f"no device {device_id!r}")
 
 
+def _query(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise HttpError(400, f"{name}: given {len(values)} times (expected at most once)")
+    return values[0] if values else None
+
+
 def _int_query(request: web.Request, name: str, default: int | None, low: int,
                high: int) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
+    raw = _query(request, name)
+    if raw is None:
         return default
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise HttpError(400, f"{name}: expected a whole number from {low} to {high}")
@@ -184,8 +191,9 @@ ADD_DEVICE = Body({
     "id": Str(3, 40, pattern=f"^{DEVICE_ID}$", description="lower-case letters, digits, '-'"),
     "kind": Str(enum=tuple(KINDS)),
     "name": Str(1, 64, required=False),
-    "mac": Str(1, 17, required=False, description="aa:bb:cc:dd:ee:ff"),
-    "ip": Str(1, 45, required=False),
+    "mac": Str(17, 17, required=False, description="aa:bb:cc:dd:ee:ff",
+               pattern="^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$"),
+    "ip": Str(2, 45, required=False, description="an IPv4 or IPv6 address"),
 })
 
 
@@ -227,20 +235,28 @@ async def device_telemetry(request: web.Request) -> web.StreamResponse:
 
 
 COMMAND = Body({
-    "action": Str(1, 64, description="one of the device kind's actions"),
+    "action": Str(enum=tuple(sorted({a for k in KINDS.values() for a in k.actions})),
+                  description="one of the device kind's actions (GET the device for them)"),
     "params": Obj(required=False, description="the action's parameters"),
 })
 
 
 async def send_command(request: web.Request) -> web.StreamResponse:
     device = _device(request)
-    data = await body_of(request, COMMAND)
+    daemon, who = daemon_of(request), principal_of(request)
     try:
-        result = await daemon_of(request).devices.send_command(
-            device.id, data["action"], data.get("params", {}), source="admin",
-            actor=principal_of(request).actor)
+        data = await body_of(request, COMMAND)
+    except HttpError as exc:  # a malformed command is refused like an invalid one: audited
+        daemon.store.audit(who.actor, "command", "rejected", target=device.id,
+                           detail=exc.message)
+        raise
+    try:
+        result = await daemon.devices.send_command(
+            device.id, data["action"], data.get("params", {}), source="admin", actor=who.actor)
     except CommandTimeout as exc:
         raise HttpError(504, str(exc)) from None
+    except DeviceOffline as exc:
+        raise HttpError(409, str(exc)) from None
     except CommandRejected as exc:
         raise HttpError(400, str(exc)) from None
     return reply({"device": device.id, "action": data["action"], "result": result})
@@ -248,8 +264,7 @@ async def send_command(request: web.Request) -> web.StreamResponse:
 
 async def get_audit(request: web.Request) -> web.StreamResponse:
     store = daemon_of(request).store
-    query = request.query
-    filters = {k: query.get(k) or None for k in ("action", "actor", "result", "target")}
+    filters = {k: _query(request, k) or None for k in ("action", "actor", "result", "target")}
     for name, value in filters.items():
         if value is not None and len(value) > 128:
             raise HttpError(400, f"{name}: expected at most 128 characters")
@@ -463,7 +478,7 @@ ROUTES: tuple[Route, ...] = (
           query=(("minutes", {"type": "integer", "minimum": 1, "maximum": 1440}),)),
     Route("POST", f"{P}/devices/{{id}}/commands", send_command, "admin",
           "Send a command (checked against the device kind) and wait for its result",
-          body=COMMAND, response="CommandResult", errors=(400, 404, 504)),
+          body=COMMAND, response="CommandResult", errors=(400, 404, 409, 504)),
     Route("GET", f"{P}/audit", get_audit, "read", "The audit log, newest first",
           response="Audit", errors=(400,),
           query=(("action", {"type": "string", "maxLength": 128}),

@@ -181,15 +181,19 @@ async def test_devices_commands_telemetry_and_audit(web: Lab) -> None:
         assert status == 200 and data["result"]["status"] == "ok"
         assert agent.state["on"] is True
         status, data, _ = await b.call("POST", "/api/v1/devices/api-plug-1/commands",
-                                       {"action": "explode", "params": {}})
+                                       {"action": "set_target", "params": {"target": 20}})
         assert status == 400 and "not supported by a plug" in data["error"]
+        status, data, _ = await b.call("POST", "/api/v1/devices/api-plug-1/commands",
+                                       {"action": "explode", "params": {}})
+        assert status == 400 and data["error"].startswith("action: expected one of:")
         await asyncio.sleep(1.2)  # one flush of readings to the store
         telemetry = (await b.call("GET", "/api/v1/devices/api-plug-1/telemetry?minutes=5"))[1]
         assert telemetry["points"] and "power_w" in telemetry["points"][-1]["values"]
         assert (await b.call("GET", "/api/v1/devices/nope-nope/telemetry"))[0] == 404
         audit = (await b.call("GET", "/api/v1/audit?action=command&target=api-plug-1"))[1]
         results = [e["result"] for e in audit["entries"]]
-        assert results == ["rejected", "ok"]
+        assert results == ["rejected", "rejected", "ok"]
+        assert audit["entries"][0]["detail"].startswith("action: expected one of:")
         assert all(e["actor"] == "web:alice" for e in audit["entries"])
         assert "(source admin)" in audit["entries"][1]["detail"]
         assert "command" in audit["actions"] and "login" in audit["actions"]
@@ -198,6 +202,11 @@ async def test_devices_commands_telemetry_and_audit(web: Lab) -> None:
         assert status == 201 and data["credential"]["username"] == "new-bulb.1"
         assert (await b.call("POST", "/api/v1/devices",
                              {"id": "new-bulb", "kind": "bulb"}))[0] == 409
+        started = time.monotonic()
+        status, data, _ = await b.call("POST", "/api/v1/devices/new-bulb/commands",
+                                       {"action": "set_power", "params": {"on": True}})
+        assert status == 409 and data["error"] == "new-bulb has never connected"
+        assert time.monotonic() - started < 2  # said at once, not after a timeout
         assert (await b.call("DELETE", "/api/v1/devices/new-bulb"))[0] == 200
         assert (await b.call("GET", "/api/v1/devices/new-bulb"))[0] == 404
 
