@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from gateway.sim.lab import Lab, start_lab
@@ -51,6 +53,12 @@ def test_demo_runs_devices_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
                 break
         assert any("6 simulated devices registered" in x for x in lines), lines
         assert mosquitto_pids_under(state), "the demo's broker is not running"
+        # The admin page is served on loopback; its URL and the setup code are printed.
+        admin = next(x for x in lines if "admin page: " in x)
+        url = re.search(r"admin page: (http://127\.0\.0\.1:\d+/)", admin).group(1)
+        assert re.search(r"setup code: [A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4} ", admin), admin
+        with urllib.request.urlopen(url, timeout=5) as page:  # redirected to first-run setup
+            assert page.url.endswith("/setup") and "setup code" in page.read().decode()
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         out, _ = proc.communicate(timeout=15)
         lines += out.splitlines()
