@@ -285,21 +285,26 @@ async def events(request: web.Request) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
     last_change, last_sent = "", 0.0
-    while not stopping.is_set() and accounts.session_alive(principal):
-        status = status_view(daemon)
-        devices = [device_view(daemon, d) for d in daemon.devices.devices()]
-        audit = [audit_view(e) for e in daemon.store.audit_log(5)]
-        # Uptime and rates move every tick; send at once what a user would notice
-        # change, and refresh the rest every few seconds.
-        change = json.dumps([devices, audit, status["healthy"], status["broker"]])
-        now = time.monotonic()
-        if change != last_change or now - last_sent >= REFRESH_S:
-            snapshot = json.dumps({"status": status, "devices": devices, "audit": audit})
-            await response.write(f"event: snapshot\ndata: {snapshot}\n\n".encode())
-            last_change, last_sent = change, now
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), EVENT_INTERVAL_S)
-    await response.write(b"event: end\ndata: {}\n\n")
+    try:
+        while not stopping.is_set() and accounts.session_alive(principal):
+            status = status_view(daemon)
+            devices = [device_view(daemon, d) for d in daemon.devices.devices()]
+            audit = [audit_view(e) for e in daemon.store.audit_log(5)]
+            # Uptime and rates move every tick; send at once what a user would notice
+            # change, and refresh the rest every few seconds.
+            change = json.dumps([devices, audit, status["healthy"], status["broker"]])
+            now = time.monotonic()
+            if change != last_change or now - last_sent >= REFRESH_S:
+                snapshot = json.dumps({"status": status, "devices": devices, "audit": audit})
+                await response.write(f"event: snapshot\ndata: {snapshot}\n\n".encode())
+                last_change, last_sent = change, now
+            if request.transport is None or request.transport.is_closing():
+                return response  # the page was left
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), EVENT_INTERVAL_S)
+        await response.write(b"event: end\ndata: {}\n\n")
+    except ConnectionResetError:  # the page was left mid-write
+        pass
     return response
 
 

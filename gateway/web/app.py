@@ -18,6 +18,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from aiohttp import web, web_response
 
@@ -236,7 +237,7 @@ async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResp
     request[PRE] = pre
     if access in ("page", "page-admin"):
         if principal is None:
-            raise web.HTTPFound(f"/login?next={request.rel_url.path}")
+            raise web.HTTPFound("/login?" + urlencode({"next": request.rel_url.path_qs}))
         if access == "page-admin" and principal.role != "admin":
             raise HttpError(403, "only admins may open this page")
     else:

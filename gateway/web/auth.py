@@ -127,7 +127,8 @@ def totp_uri(secret: str, username: str) -> str:
 
 def totp_qr_svg(uri: str) -> str:
     """An inline <svg> (a data: image would need the CSP to allow data: URIs)."""
-    svg: str = segno.make(uri, error="m").svg_inline(scale=5, dark="#111", light="#fff")
+    svg: str = segno.make(uri, error="m").svg_inline(scale=5, dark="#111", light="#fff",
+                                                    omitsize=True)
     return svg
 
 

@@ -87,7 +87,8 @@ def render(request: web.Request, template: str, **context: Any) -> web.Response:
 def render_error(request: web.Request, status: int, message: str) -> str:
     principal = request.get(PRINCIPAL)
     return ENV.get_template("error.html").render(
-        user=principal, csrf="", path=request.path, status=status, message=message)
+        user=principal, csrf="", path=request.path, status=status, message=message,
+        title=str(status))
 
 
 async def dashboard(request: web.Request) -> web.StreamResponse:

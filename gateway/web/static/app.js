@@ -82,6 +82,8 @@ const done = {
     document.getElementById("totp-secret").textContent = res.data.secret.replace(/(.{4})(?=.)/g, "$1 ");
     document.querySelector('#totp-confirm [name="secret"]').value = res.data.secret;
     form.hidden = true;
+    const off = document.getElementById("totp-off");
+    if (off) off.hidden = true;
     document.querySelector('#totp-confirm [name="code"]').focus();
   },
   recovery(form, res) {
@@ -90,8 +92,6 @@ const done = {
     clear(list);
     for (const code of res.data.recovery_codes) list.append(el("li", {}, el("code", {}, code)));
     document.getElementById("recovery").hidden = false;
-    const off = document.getElementById("totp-off");
-    if (off) off.hidden = true;
   },
   token(form, res) {
     say(form, "", "ok");
@@ -178,6 +178,15 @@ function clock(ts) {
          `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
 }
 
+// Times are shown in the browser's time zone: the server renders its own, the live views
+// the browser's, so the server's are rewritten once on load to match.
+function localTimes() {
+  for (const node of document.querySelectorAll("time[data-ts]")) {
+    const ts = Number(node.dataset.ts);
+    if (ts) { node.textContent = clock(ts); node.dateTime = new Date(ts * 1000).toISOString(); }
+  }
+}
+
 function refreshTimes() {
   for (const node of document.querySelectorAll("[data-seen]")) {
     node.textContent = ago(Number(node.dataset.seen) || 0);
@@ -197,7 +206,7 @@ function setField(name, value, good) {
 }
 
 function auditRow(e) {
-  return el("tr", {}, el("td", { class: "c-when" }, clock(e.ts)),
+  return el("tr", {}, el("td", { class: "c-when" }, el("time", { "data-ts": e.ts }, clock(e.ts))),
             el("td", { class: "c-who" }, e.actor || ""), el("td", { class: "c-what" }, e.action),
             el("td", { class: "c-target" }, e.target || ""),
             el("td", { class: `c-result r-${e.result}` }, e.result));
@@ -239,6 +248,7 @@ const live = {
     dot.className = `dot ${d.online ? "on" : "off"}`;
     dot.title = d.online ? "online" : "offline";
     const seen = document.querySelector('[data-field="seen"]');
+    if (String(d.last_seen || "") !== seen.dataset.seen) refreshChart();
     seen.dataset.seen = d.last_seen || "";
     seen.textContent = ago(d.last_seen);
     const list = document.querySelector('[data-list="state"]');
@@ -254,6 +264,11 @@ function follow() {
   const source = new EventSource("/api/v1/events");
   source.addEventListener("snapshot", (event) => live[view](JSON.parse(event.data)));
   source.addEventListener("end", () => { source.close(); location.reload(); });
+  // A refused stream (the session ended or timed out) is not retried by the browser:
+  // reload, which leads to the login page if that is why.
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) setTimeout(() => location.reload(), 3000);
+  });
 }
 
 // -- telemetry chart (SVG, no library) -------------------------------------------------
@@ -291,7 +306,7 @@ function drawChart(box, points) {
   // The x axis spans the last hour, or less while the device has reported for less.
   const now = Date.now() / 1000;
   const first = Math.min(...names.map((n) => metrics[n][0][0]));
-  const t0 = Math.max(now - 3600, Math.min(first, now - 60));
+  const t0 = Math.min(Math.max(now - 3600, first), now - 10);
   const W = Math.max(120, Math.round(box.clientWidth || 320)), H = 64, PAD = 5;
   for (const name of names) {
     const series = metrics[name], flag = booleans.has(name);
@@ -324,14 +339,20 @@ function drawChart(box, points) {
     el("span", {}, span >= 2 ? `${span} min ago` : `${Math.round(now - t0)} s ago`), el("span", {}, "now")));
 }
 
+// Redraws the chart with fresh readings; the live view calls it when the device reports.
+let refreshChart = () => {};
+
 async function chart() {
   const box = document.getElementById("chart");
   if (!box) return;
-  let points = null;
+  let points = null, loaded = 0;
   const load = async () => {
-    const res = await api("GET", box.dataset.telemetry);
+    loaded = Date.now();
+    let res;
+    try { res = await api("GET", box.dataset.telemetry); } catch (e) { return; } // offline
     if (res.ok) { points = res.data.points; drawChart(box, points); }
   };
+  refreshChart = () => { if (Date.now() - loaded > 3000) load(); };
   let resized = null;
   window.addEventListener("resize", () => {
     clearTimeout(resized);
@@ -342,6 +363,7 @@ async function chart() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  localTimes();
   wireForms();
   follow();
   chart();
