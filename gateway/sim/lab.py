@@ -3,6 +3,7 @@ tests and the benchmarks all stand one up the same way."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,7 +57,19 @@ class Lab:
             await agent.start()
             agents.append(agent)
         self.fleet.devices.extend(agents)
+        await self.wait_seen([a.id for a in agents])
         return agents
+
+    async def wait_seen(self, device_ids: Sequence[str], timeout: float = 15.0) -> None:
+        """Until the gateway has heard from each device (its retained state on connect):
+        only then will it accept commands for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(self.daemon.devices.last_seen(d) is None for d in device_ids):
+            if loop.time() > deadline:
+                missing = [d for d in device_ids if self.daemon.devices.last_seen(d) is None]
+                raise TimeoutError(f"the gateway never heard from {', '.join(missing)}")
+            await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
         await self.fleet.stop()
