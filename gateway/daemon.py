@@ -184,6 +184,8 @@ class Daemon:
                 "connected": self.session.connected,
             },
             "devices": {"total": len(self.devices.devices()), "online": self.devices.online()},
+            "web": {"urls": list(self.web.urls),
+                    "setup_pending": bool(self.web.urls) and self.accounts.needs_setup()},
             "messages": {"accepted": c.accepted, "rejected": c.rejected, "unknown": c.unknown,
                          "commands": c.commands, "rejected_by_reason": dict(c.by_reason)},
         }
@@ -288,6 +290,8 @@ class Daemon:
         old, self.config = self.config, new
         if new.gateway.state_dir != old.gateway.state_dir or new.broker.mode != old.broker.mode:
             log.warning("reload: gateway.state_dir and broker.mode take effect at restart")
+        if new.web != old.web:
+            log.warning("reload: the [web] settings take effect at restart")
         logging.getLogger().setLevel(new.gateway.log_level.upper())
         broker_changed = (new.broker.listeners, new.broker.max_packet_size) != (
             old.broker.listeners, old.broker.max_packet_size)

@@ -46,8 +46,12 @@ class Notifier:
         message = "\n".join(f"{k}={str(v).replace(chr(10), ' ')}" for k, v in fields.items())
         try:
             if self._sock is None:
-                # One socket per notifier; CLOEXEC so children never inherit it.
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # One socket per notifier; CLOEXEC so children never inherit it, and
+                # non-blocking: a receiver that stops reading must not freeze the event
+                # loop (the message is dropped and the failure logged instead).
+                self._sock = socket.socket(
+                    socket.AF_UNIX,
+                    socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto(message.encode("utf-8"), self._address)
         except OSError as exc:
             # Never let a vanished/refusing systemd socket take the daemon down;

@@ -46,6 +46,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "broker": _obj({"mode": STR, "running": {**BOOL, "nullable": True},
                         "pid": {**INT, "nullable": True}, "restarts": INT, "connected": BOOL}),
         "devices": _obj({"total": INT, "online": INT}),
+        "web": _obj({"urls": {"type": "array", "items": STR}, "setup_pending": BOOL}),
         "messages": _obj({"accepted": INT, "rejected": INT, "unknown": INT, "commands": INT,
                           "rejected_by_reason": {"type": "object",
                                                  "additionalProperties": INT}}),

@@ -145,6 +145,19 @@ def test_refused_socket_does_not_raise(short_dir: Path, caplog: pytest.LogCaptur
     assert len(caplog.records) == 1
 
 
+def test_a_receiver_that_stops_reading_never_blocks_the_daemon(
+        systemd: tuple[socket.socket, str], caplog: pytest.LogCaptureFixture) -> None:
+    # The test harness (or a wedged systemd) may stop reading; a blocking send would then
+    # freeze the daemon's event loop. The messages that do not fit are dropped instead.
+    _, path = systemd
+    caplog.set_level(logging.WARNING, logger="gateway.systemd")
+    n = Notifier({"NOTIFY_SOCKET": path})
+    for i in range(5000):  # far more than a datagram queue holds
+        n.status(f"status {i} " + "x" * 200)
+    n.close()
+    assert len(caplog.records) == 1 and "failed" in caplog.records[0].getMessage()
+
+
 def test_watchdog_interval() -> None:
     assert Notifier({"WATCHDOG_USEC": "30000000"}).watchdog_interval == 15.0
     assert Notifier({"WATCHDOG_USEC": "200000"}).watchdog_interval == pytest.approx(0.1)
