@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 from pathlib import Path
 
 import aiohttp
 import pytest
 import yarl
+from cryptography import x509
 
 from gateway.sim.lab import Lab
 from gateway.web.api import ROUTES
@@ -273,6 +275,12 @@ async def test_tls_listener_sets_hsts_and_host_prefixed_secure_cookie(tmp_path: 
         add_user(lab, *ADMIN)
         url = lab.daemon.web.urls[0].rstrip("/")
         assert url.startswith("https://127.0.0.1:")
+        cert = x509.load_pem_x509_certificate(lab.daemon.web.cert.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        host = socket.gethostname().split(".")[0]
+        assert {host, f"{host}.local"} <= set(san.get_values_for_type(x509.DNSName))
+        assert "127.0.0.1" in {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+        assert oct(lab.daemon.web.key.stat().st_mode & 0o777) == "0o600"
         context = ssl.create_default_context(cafile=str(lab.daemon.pki.ca_cert))
         connector = aiohttp.TCPConnector(ssl=context)
         jar = aiohttp.CookieJar(unsafe=True)
