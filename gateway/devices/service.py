@@ -114,6 +114,9 @@ class DeviceService:
     def devices(self) -> list[Device]:
         return list(self._devices.values())
 
+    def device(self, device_id: str) -> Device | None:
+        return self._devices.get(device_id)
+
     def online(self, within_s: float = ONLINE_WITHIN_S) -> int:
         return sum(1 for d in self._devices if self.is_online(d, within_s))
 

@@ -56,6 +56,11 @@ class Principal:
         return f"web:{self.username}" if self.token is None else f"api:{self.username}"
 
 
+def _expired(session: Session, now: float) -> bool:
+    return (now - session.last_seen > IDLE_TIMEOUT_S
+            or now - session.created_at > ABSOLUTE_TIMEOUT_S)
+
+
 def _blocked(seconds: float) -> AuthError:
     wait = auth.retry_after_header(seconds)
     return AuthError(429, f"too many failed attempts; try again in {wait} s",
@@ -181,8 +186,7 @@ class Accounts:
         session = self.store.session(auth.digest(token))
         if session is None:
             return None
-        idle, age = now - session.last_seen, now - session.created_at
-        if idle > IDLE_TIMEOUT_S or age > ABSOLUTE_TIMEOUT_S:
+        if _expired(session, now):
             self.store.delete_sessions(digest=session.digest)
             return None
         user = self.store.user(session.username)
@@ -198,9 +202,7 @@ class Accounts:
         if session is None:
             return True
         current = self.store.session(session.digest)
-        now = self.clock()
-        return current is not None and now - current.created_at <= ABSOLUTE_TIMEOUT_S \
-            and now - current.last_seen <= IDLE_TIMEOUT_S
+        return current is not None and not _expired(current, self.clock())
 
     def logout(self, principal: Principal) -> None:
         if principal.session is not None:

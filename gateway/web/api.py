@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway import __version__
 from gateway.devices.kinds import KINDS
 from gateway.devices.registry import DeviceError
 from gateway.devices.service import CommandRejected, CommandTimeout, DeviceOffline
 from gateway.store import ApiToken, AuditEntry, Device, User
 from gateway.web.accounts import Accounts, Principal
+from gateway.web.openapi import document
 from gateway.web.schema import Body, BodyError, Obj, Str
 
 if TYPE_CHECKING:
@@ -127,7 +129,7 @@ def audit_view(entry: AuditEntry) -> dict[str, Any]:
             "target": entry.target, "result": entry.result, "detail": entry.detail}
 
 
-def user_view(accounts: Accounts, user: User) -> dict[str, Any]:
+def user_view(user: User) -> dict[str, Any]:
     return {"username": user.username, "role": user.role,
             "second_factor": user.totp_secret is not None, "created_at": user.created_at}
 
@@ -139,7 +141,6 @@ def token_view(token: ApiToken) -> dict[str, Any]:
 
 
 def status_view(daemon: Daemon) -> dict[str, Any]:
-    from gateway import __version__
     status = daemon.status()
     status["messages_per_s"] = round(daemon.rates.per_second, 1)
     status["version"] = __version__
@@ -151,12 +152,12 @@ def status_view(daemon: Daemon) -> dict[str, Any]:
     return status
 
 
-def _device(request: web.Request) -> Device:
+def device_or_404(request: web.Request) -> Device:
     device_id = request.match_info["id"]
-    for device in daemon_of(request).devices.devices():
-        if device.id == device_id:
-            return device
-    raise HttpError(404, f"no device {device_id!r}")
+    device = daemon_of(request).devices.device(device_id)
+    if device is None:
+        raise HttpError(404, f"no device {device_id!r}")
+    return device
 
 
 def _query(request: web.Request, name: str) -> str | None:
@@ -212,11 +213,11 @@ async def add_device(request: web.Request) -> web.StreamResponse:
 
 
 async def get_device(request: web.Request) -> web.StreamResponse:
-    return reply(device_view(daemon_of(request), _device(request)))
+    return reply(device_view(daemon_of(request), device_or_404(request)))
 
 
 async def remove_device(request: web.Request) -> web.StreamResponse:
-    device = _device(request)
+    device = device_or_404(request)
     try:
         await daemon_of(request).devices.remove(device.id, principal_of(request).actor)
     except DeviceError as exc:
@@ -225,7 +226,7 @@ async def remove_device(request: web.Request) -> web.StreamResponse:
 
 
 async def device_telemetry(request: web.Request) -> web.StreamResponse:
-    device = _device(request)
+    device = device_or_404(request)
     minutes = _int_query(request, "minutes", 60, 1, 24 * 60) or 60
     since = time.time() - minutes * 60
     store = daemon_of(request).store
@@ -242,7 +243,7 @@ COMMAND = Body({
 
 
 async def send_command(request: web.Request) -> web.StreamResponse:
-    device = _device(request)
+    device = device_or_404(request)
     daemon, who = daemon_of(request), principal_of(request)
     try:
         data = await body_of(request, COMMAND)
@@ -434,7 +435,7 @@ async def revoke_token(request: web.Request) -> web.StreamResponse:
 
 async def list_users(request: web.Request) -> web.StreamResponse:
     accounts = accounts_of(request)
-    return reply({"users": [user_view(accounts, u) for u in accounts.store.users()]})
+    return reply({"users": [user_view(u) for u in accounts.store.users()]})
 
 
 ADD_USER = Body({"username": Str(1, 32), "role": Str(enum=("admin", "viewer")),
@@ -446,7 +447,7 @@ async def add_user(request: web.Request) -> web.StreamResponse:
     accounts = accounts_of(request)
     user = await accounts.add_user(principal_of(request), data["username"], data["role"],
                                    data["password"])
-    return reply(user_view(accounts, user), 201)
+    return reply(user_view(user), 201)
 
 
 async def delete_user(request: web.Request) -> web.StreamResponse:
@@ -455,7 +456,6 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
 
 
 async def openapi_document(request: web.Request) -> web.StreamResponse:
-    from gateway.web.openapi import document
     return reply(document(ROUTES))
 
 

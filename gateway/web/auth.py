@@ -26,9 +26,6 @@ PASSWORD_MIN = 10
 PASSWORD_MAX = 128
 HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32,
                         salt_len=16)
-# Verified against when the user does not exist, so that "no such user" takes as long as
-# "wrong password" and cannot be told apart by timing.
-_DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(16))
 
 USERNAME = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 ROLES = ("admin", "viewer")
@@ -66,6 +63,13 @@ def password_problem(password: str, username: str = "") -> str | None:
     return None
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so that "no such user" takes as long
+    as "wrong password". Made on first use: every CLI start imports this module."""
+    return HASHER.hash(secrets.token_urlsafe(16))
+
+
 def hash_password(password: str) -> str:
     return HASHER.hash(password)
 
@@ -73,7 +77,7 @@ def hash_password(password: str) -> str:
 def verify_password(encoded: str | None, password: str) -> bool:
     """Constant work whether or not the account exists (pass None when it does not)."""
     try:
-        HASHER.verify(encoded or _DUMMY_HASH, password)
+        HASHER.verify(encoded or _dummy_hash(), password)
     except (VerificationError, InvalidHash):
         return False
     return encoded is not None

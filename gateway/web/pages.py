@@ -16,10 +16,10 @@ from gateway.web.api import (
     GUARD,
     PRE,
     PRINCIPAL,
-    HttpError,
     accounts_of,
     audit_view,
     daemon_of,
+    device_or_404,
     device_view,
     status_view,
     token_view,
@@ -105,13 +105,10 @@ async def devices(request: web.Request) -> web.StreamResponse:
 
 
 async def device(request: web.Request) -> web.StreamResponse:
-    daemon = daemon_of(request)
-    found = [d for d in daemon.devices.devices() if d.id == request.match_info["id"]]
-    if not found:
-        raise HttpError(404, f"no device {request.match_info['id']!r}")
-    kind = KINDS.get(found[0].kind)
-    return render(request, "device.html", title=found[0].name,
-                  device=device_view(daemon, found[0]),
+    found = device_or_404(request)
+    kind = KINDS.get(found.kind)
+    return render(request, "device.html", title=found.name,
+                  device=device_view(daemon_of(request), found),
                   actions=kind.actions if kind else {})
 
 
@@ -133,7 +130,7 @@ async def account(request: web.Request) -> web.StreamResponse:
     principal = request[PRINCIPAL]
     user = accounts.store.user(principal.username)
     assert user is not None
-    return render(request, "account.html", title="Account", account=user_view(accounts, user),
+    return render(request, "account.html", title="Account", account=user_view(user),
                   recovery_left=accounts.store.recovery_codes_left(user.username),
                   tokens=[token_view(t) for t in accounts.tokens(principal)])
 
@@ -141,7 +138,7 @@ async def account(request: web.Request) -> web.StreamResponse:
 async def users(request: web.Request) -> web.StreamResponse:
     accounts = accounts_of(request)
     return render(request, "users.html", title="Users",
-                  users=[user_view(accounts, u) for u in accounts.store.users()])
+                  users=[user_view(u) for u in accounts.store.users()])
 
 
 def _next(request: web.Request) -> str:
