@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,18 @@ def cmd_device(args: argparse.Namespace) -> int:
     try:
         if args.device_command == "list":
             return _device_list(config, args.json)
+        if args.device_command == "enroll":
+            return _device_enroll(args)
+        if args.device_command == "rotate":
+            if (args.id is None) == (not args.all):
+                print("home-gateway: name one device, or --all", file=sys.stderr)
+                return EXIT_INVALID
+            result = _control(args, "device.rotate", id=args.id, all=args.all)
+            started = result["started"]
+            print(f"rotation started for {len(started)} device(s): {', '.join(started) or '-'}")
+            print("Each keeps its old login until it proves the new one; "
+                  "`home-gateway device list` shows the outcome.")
+            return 0
         if args.device_command == "command":
             params = json.loads(args.params) if args.params else {}
             result = _control(args, "device.command", id=args.id, action=args.action,
@@ -115,9 +128,32 @@ def cmd_device(args: argparse.Namespace) -> int:
     except (ControlError, DeviceError) as exc:
         print(f"home-gateway: {exc}", file=sys.stderr)
         return 1
+    except ConnectionError as exc:
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 3  # LSB: program is not running
     except json.JSONDecodeError as exc:
         print(f"home-gateway: params are not valid JSON: {exc}", file=sys.stderr)
         return EXIT_INVALID
+
+
+def _device_enroll(args: argparse.Namespace) -> int:
+    """A one-time enrollment token, as text and as a QR code for the terminal."""
+    import segno
+
+    from gateway.devices.enrollment import qr_payload
+
+    result = _control(args, "device.enroll", name=args.name, id=args.id,
+                      minutes=args.minutes)
+    until = time.strftime("%H:%M", time.localtime(result["expires_at"]))
+    print(f"enrollment token: {result['token']}")
+    print(f"valid until {until}, once; give it to the device with the broker address and CA:")
+    for broker in result["brokers"]:
+        scheme = "mqtts" if broker["tls"] else "mqtt (plain text)"
+        print(f"  broker: {scheme} {broker['host']}:{broker['port']}")
+    print(f"  CA: {result['ca_file']}  (SHA-256 {result['ca_sha256']})")
+    if args.qr:
+        segno.make(qr_payload(result), error="m").terminal(compact=True)
+    return 0
 
 
 def _device_offline(config: Config, command: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -150,12 +186,19 @@ def _device_list(config: Config, as_json: bool) -> int:
     if as_json:
         print(json.dumps([{"id": d.id, "name": d.name, "kind": d.kind, "status": d.status,
                            "mac": d.mac, "ip": d.ip, "last_seen": d.last_seen,
-                           "invalid_messages": d.invalid_messages, "state": d.state}
+                           "invalid_messages": d.invalid_messages, "state": d.state,
+                           "credential_rotated_at": d.rotated_at,
+                           "rotation_result": d.rotation_result}
                           for d in devices], indent=2))
         return 0
-    print(f"{'ID':<24} {'KIND':<11} {'STATUS':<11} {'INVALID':>7}  NAME")
+    now = time.time()
+    print(f"{'ID':<24} {'KIND':<11} {'STATUS':<9} {'INVALID':>7} {'CRED AGE':>8}  "
+          f"{'ROTATION':<10} NAME")
     for d in devices:
-        print(f"{d.id:<24} {d.kind:<11} {d.status:<11} {d.invalid_messages:>7}  {d.name}")
+        age = f"{(now - d.rotated_at) / 86400:.0f} d" if d.rotated_at else "none"
+        result = d.rotation_result.split(":")[0] or "-"
+        print(f"{d.id:<24} {d.kind:<11} {d.status:<9} {d.invalid_messages:>7} {age:>8}  "
+              f"{result:<10} {d.name}")
     return 0
 
 
@@ -170,8 +213,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_setup_code(args: argparse.Namespace) -> int:
     """A new one-time code for creating the first admin account on the admin page."""
-    import time
-
     try:
         result = _control(args, "setup.code")
     except ConnectionError as exc:
@@ -249,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("remove", help="remove a device and revoke its credential").add_argument("id")
     dsub.add_parser("credential", help="issue a new credential (the old one stops working)"
                     ).add_argument("id")
+    enroll = dsub.add_parser("enroll", help="a one-time token for a new device to enroll with")
+    enroll.add_argument("--name", help="the name the device gets")
+    enroll.add_argument("--id", help="the device id it gets (default: <kind>-<random>)")
+    enroll.add_argument("--minutes", type=int, help="validity (default: "
+                        "credentials.enrollment_minutes, 15)")
+    enroll.add_argument("--no-qr", dest="qr", action="store_false",
+                        help="do not draw the QR code")
+    rotate = dsub.add_parser("rotate", help="rotate a device's credential now (or --all)")
+    rotate.add_argument("id", nargs="?")
+    rotate.add_argument("--all", action="store_true", help="every device with a credential")
     lst = dsub.add_parser("list", help="list devices")
     lst.add_argument("--json", action="store_true")
     command = dsub.add_parser("command", help="send a command and wait for its result")

@@ -90,6 +90,16 @@ class BrokerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialsConfig:
+    rotation_days: int
+    ack_timeout_s: int
+    offline_wait_s: int
+    retry_initial_s: int
+    alert_after: int
+    enrollment_minutes: int
+
+
+@dataclass(frozen=True, slots=True)
 class WebConfig:
     listen: tuple[str, ...]  # "host:port" strings, as written
     tls: str  # "auto" (TLS unless loopback) or "always"
@@ -111,12 +121,14 @@ class DeviceDecl:
     kind: str
     mac: str | None  # lower-case, colon-separated
     ip: str | None  # a normalized IPv4 or IPv6 literal
+    rotation_days: int | None  # None: credentials.rotation_days
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewayConfig
     broker: BrokerConfig
+    credentials: CredentialsConfig
     web: WebConfig
     telemetry: TelemetryConfig
     devices: tuple[DeviceDecl, ...]
@@ -514,6 +526,7 @@ class ListOf(Spec):
 # --- the schema ---------------------------------------------------------------------------
 
 _PORT = Integer(1, 65535)
+_ROTATION_DAYS = Integer(1, 3650)
 
 
 def _broker_mode_rules(values: Mapping[str, Any], ctx: _Ctx, key: str) -> None:
@@ -553,8 +566,17 @@ def _external_broker(
     return ExternalBroker(host, port, username, password_file, tls, ca_file)
 
 
-def _device(*, id: str, name: str | None, kind: str, mac: str | None, ip: str | None) -> DeviceDecl:
-    return DeviceDecl(id=id, name=id if name is None else name, kind=kind, mac=mac, ip=ip)
+def _device(*, id: str, name: str | None, kind: str, mac: str | None, ip: str | None,
+            rotation_days: int | None) -> DeviceDecl:
+    return DeviceDecl(id=id, name=id if name is None else name, kind=kind, mac=mac, ip=ip,
+                      rotation_days=rotation_days)
+
+
+def _listener(*, address: str, port: int, tls: bool | None) -> Listener:
+    # TLS unless asked otherwise, except on loopback (only programs on this machine).
+    if tls is None:
+        tls = not ipaddress.ip_address(address).is_loopback
+    return Listener(address, port, tls)
 
 
 _GATEWAY = Table(
@@ -567,11 +589,23 @@ _GATEWAY = Table(
 )
 
 _LISTENER = Table(
-    Listener,
+    _listener,
     {
         "address": Key(IPAddress()),
         "port": Key(_PORT),
-        "tls": Key(Boolean(), False),
+        "tls": Key(Boolean(), None),  # None: TLS unless the address is loopback
+    },
+)
+
+_CREDENTIALS = Table(
+    CredentialsConfig,
+    {
+        "rotation_days": Key(_ROTATION_DAYS, 30),
+        "ack_timeout_s": Key(Integer(1, 86400), 600),
+        "offline_wait_s": Key(Integer(1, 31536000), 604800),
+        "retry_initial_s": Key(Integer(1, 86400), 300),
+        "alert_after": Key(Integer(1, 100), 3),
+        "enrollment_minutes": Key(Integer(1, 1440), 15),
     },
 )
 
@@ -626,6 +660,7 @@ _DEVICE = Table(
         "kind": Key(Choice(*sorted(KINDS))),
         "mac": Key(MacAddress(), None),
         "ip": Key(IPAddress(), None),
+        "rotation_days": Key(_ROTATION_DAYS, None),  # None: credentials.rotation_days
     },
 )
 
@@ -634,6 +669,7 @@ _ROOT = Table(
     {
         "gateway": Key(_GATEWAY, {}),
         "broker": Key(_BROKER, {}),
+        "credentials": Key(_CREDENTIALS, {}),
         "web": Key(_WEB, {}),
         "telemetry": Key(_TELEMETRY, {}),
         "devices": Key(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -24,13 +25,20 @@ from gateway.aio import cancel_and_wait
 from gateway.broker.dynsec import RESPONSE_TOPIC, DynsecClient
 from gateway.broker.process import BrokerError, EmbeddedBroker
 from gateway.broker.render import GATEWAY_USERNAME, BrokerFiles, ListenerSpec, client_address
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, Listener, load_config
 from gateway.control import ControlError, ControlServer
-from gateway.credentials.pki import Pki, ensure_ca
+from gateway.credentials.pki import Pki, ca_fingerprint, ensure_ca
+from gateway.credentials.rotation import RotationPolicy, Rotator
 from gateway.credentials.secrets import load_or_create_secret
+from gateway.devices.enrollment import EnrollmentError, Enrollments
 from gateway.devices.registry import DeviceError
 from gateway.devices.service import CommandRejected, DeviceService
-from gateway.devices.topics import GATEWAY_SUBSCRIPTIONS
+from gateway.devices.topics import (
+    ACK_PREFIX,
+    GATEWAY_SUBSCRIPTIONS,
+    parse_device_topic,
+    parse_enroll_topic,
+)
 from gateway.devices.validate import Limits
 from gateway.mqtt import Endpoint, MqttSession, Will
 from gateway.store import Store
@@ -74,6 +82,21 @@ def listener_specs(config: Config) -> list[ListenerSpec]:
 
 def gateway_pki(config: Config) -> Pki:
     return Pki(config.gateway.state_dir / "pki")
+
+
+def rotation_policy(config: Config) -> RotationPolicy:
+    c = config.credentials
+    return RotationPolicy(period_days=c.rotation_days, ack_timeout_s=c.ack_timeout_s,
+                          offline_wait_s=c.offline_wait_s, retry_initial_s=c.retry_initial_s,
+                          alert_after=c.alert_after)
+
+
+def plaintext_listeners(config: Config) -> list[Listener]:
+    """Listeners that devices could reach without TLS (loopback ones serve this machine)."""
+    if config.broker.mode != "embedded":
+        return []
+    return [x for x in config.broker.listeners
+            if not x.tls and not ipaddress.ip_address(x.address).is_loopback]
 
 
 def broker_endpoint(config: Config, files: BrokerFiles, pki: Pki) -> Endpoint:
@@ -127,7 +150,7 @@ class Daemon:
                 self.files, listener_specs(config), executable=config.broker.executable,
                 max_packet_size=config.broker.max_packet_size, store=self.store,
                 gateway_password=self.endpoint.password or "", pki=self.pki,
-                on_restart=self._broker_restarted)
+                on_restart=self._broker_restarted, on_login_refused=self._login_refused)
         self.session = MqttSession(
             self.endpoint, client_id=self._client_id(), on_message=self._route,
             subscriptions=[(t, 1) for t in (*GATEWAY_SUBSCRIPTIONS, RESPONSE_TOPIC)],
@@ -140,6 +163,17 @@ class Daemon:
                           telemetry.max_age_s),
             history_size=telemetry.history_size,
             invalid_audit_interval_s=telemetry.invalid_audit_interval_s)
+        creds = config.credentials
+        self.enrollments = Enrollments(self.store, self.session, self.dynsec,
+                                       ttl_s=creds.enrollment_minutes * 60.0,
+                                       on_change=self.devices.reload)
+        self.rotator = Rotator(
+            self.store, self.session, self.dynsec, policy=rotation_policy(config),
+            last_seen=self.devices.last_seen, on_change=self.devices.reload,
+            on_enrollment_ack=self.enrollments.handle_ack)
+        self.devices.on_state = self.rotator.device_connected
+        self.refused_logins: dict[str, int] = {}  # by address, not yet audited
+        self.refused_total = 0
         self.rates = MessageRate(lambda: self.devices.counters.accepted)
         self.accounts = Accounts(self.store)
         self.web = WebServer(self, config.web, self.pki, config.gateway.state_dir,
@@ -150,6 +184,8 @@ class Daemon:
             "device.remove": self._op_device_remove,
             "device.credential": self._op_device_credential,
             "device.command": self._op_device_command,
+            "device.enroll": self._op_device_enroll,
+            "device.rotate": self._op_device_rotate,
             "setup.code": self._op_setup_code,
         })
         self.setup_code: str | None = None
@@ -184,6 +220,14 @@ class Daemon:
                 "connected": self.session.connected,
             },
             "devices": {"total": len(self.devices.devices()), "online": self.devices.online()},
+            "credentials": {
+                "rotating": len(self.rotator.in_flight()),
+                "alerts": [d.id for d in self.rotator.alerts()],
+                "enrollments_open": len(self.store.live_enrollments(time.time())),
+                "logins_refused": self.refused_total,
+                "plaintext_listeners": [f"{x.address}:{x.port}" for x in plaintext_listeners(
+                    self.config)],
+            },
             "web": {"urls": list(self.web.urls),
                     "setup_pending": bool(self.web.urls) and self.accounts.needs_setup()},
             "messages": {"accepted": c.accepted, "rejected": c.rejected, "unknown": c.unknown,
@@ -215,9 +259,14 @@ class Daemon:
             raise StartupError(
                 f"could not connect to the broker at {self.endpoint.host}:{self.endpoint.port}"
                 f" ({self.session.last_error or 'no answer'})") from None
-        await self.devices.sync_declared(
-            (d.id, d.name, d.kind, d.mac, d.ip) for d in self.config.devices)
+        await self.devices.sync_declared(self.config.devices)
         await self.devices.start()
+        await self.enrollments.start()
+        await self.rotator.start()
+        for listener in plaintext_listeners(self.config):
+            log.warning("broker: %s:%d is a plain-text listener: device credentials cross "
+                        "the network readable (legacy devices only)", listener.address,
+                        listener.port)
         await self.control.start()
         try:
             await self.web.start()
@@ -239,6 +288,8 @@ class Daemon:
         await cancel_and_wait(*self._tasks)
         await self.web.stop()
         await self.control.stop()
+        await self.rotator.stop()
+        await self.enrollments.stop()
         await self.devices.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.session.publish(STATUS_TOPIC, b"offline", 1, True), 1)
@@ -299,7 +350,10 @@ class Daemon:
             self.broker.listeners = tuple(listener_specs(new))
             self.broker.max_packet_size = new.broker.max_packet_size
             await self.broker.restart()
-        await self.devices.sync_declared((d.id, d.name, d.kind, d.mac, d.ip) for d in new.devices)
+        if new.credentials != old.credentials:
+            self.rotator.policy = rotation_policy(new)
+            self.enrollments.ttl_s = new.credentials.enrollment_minutes * 60.0
+        await self.devices.sync_declared(new.devices)
         self.store.audit("system", "config.reload", "ok")
         log.info("configuration reloaded from %s", self.config_path)
         self.notifier.ready(self.status_line())
@@ -309,8 +363,25 @@ class Daemon:
     def _route(self, message: Any) -> None:
         if message.topic == RESPONSE_TOPIC:
             self.dynsec.handle(message)
+        elif (token_id := parse_enroll_topic(message.topic)) is not None:
+            self.enrollments.handle_hello(token_id, message.payload)
+        elif (parsed := parse_device_topic(message.topic)) and parsed[1].startswith(ACK_PREFIX):
+            self.rotator.handle_ack(parsed[0], int(parsed[1][len(ACK_PREFIX):]))
         else:
             self.devices.handle(message)
+
+    def _login_refused(self, address: str) -> None:
+        self.refused_total += 1
+        self.refused_logins[address] = self.refused_logins.get(address, 0) + 1
+
+    def _audit_refused_logins(self) -> None:
+        """One audit line per address and status interval, however many were refused."""
+        refused, self.refused_logins = self.refused_logins, {}
+        for address, count in refused.items():
+            self.store.audit(f"mqtt:{address}", "mqtt.login_refused", "refused",
+                             detail=f"{count} login(s) refused by the broker: unknown, wrong, "
+                                    "expired or already used credential")
+            log.warning("broker refused %d login(s) from %s", count, address)
 
     async def _connected(self) -> None:
         with contextlib.suppress(Exception):
@@ -324,6 +395,7 @@ class Daemon:
         while True:
             await asyncio.sleep(STATUS_INTERVAL_S)
             self.accounts.expire_sessions()
+            self._audit_refused_logins()
             line = self.status_line()
             if line != last:
                 self.notifier.status(line)
@@ -365,6 +437,34 @@ class Daemon:
         except CommandRejected as exc:
             raise ControlError(str(exc)) from None
 
+
+    async def _op_device_enroll(self, args: dict[str, Any]) -> Any:
+        minutes = args.get("minutes")
+        try:
+            ticket = await self.enrollments.create(
+                "admin", name=args.get("name"), device_id=args.get("id"),
+                ttl_s=float(minutes) * 60 if minutes else None)
+        except EnrollmentError as exc:
+            raise ControlError(str(exc)) from None
+        return self.enrollment_info(ticket.id, ticket.token, ticket.expires_at)
+
+    async def _op_device_rotate(self, args: dict[str, Any]) -> Any:
+        if args.get("all"):
+            return {"started": await self.rotator.rotate_all("admin")}
+        device_id = str(args.get("id"))
+        if self.devices.device(device_id) is None:
+            raise ControlError(f"no device {device_id!r}")
+        started = await self.rotator.rotate([device_id], "manual", "admin")
+        if not started:
+            raise ControlError(f"{device_id} is already rotating or has no credential")
+        return {"started": started}
+
+    def enrollment_info(self, token_id: str, token: str, expires_at: float) -> dict[str, Any]:
+        """What a device needs to enroll: the token, where the broker is, the CA to pin."""
+        return {"id": token_id, "token": token, "expires_at": expires_at,
+                "brokers": [{"host": x.address, "port": x.port, "tls": x.tls}
+                            for x in self.config.broker.listeners],
+                "ca_file": str(self.pki.ca_cert), "ca_sha256": ca_fingerprint(self.pki)}
 
     async def _op_setup_code(self, args: dict[str, Any]) -> Any:
         if not self.web.urls:

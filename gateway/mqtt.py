@@ -109,6 +109,14 @@ def make_client(endpoint: Endpoint, client_id: str, *, will: Will | None = None,
                        **common)
 
 
+async def _disconnect(client: Any, timeout: float = 2.0) -> None:
+    """A clean DISCONNECT in both generations (aiomqtt 2 has no disconnect()): paho sends
+    it, and its callback resolves the library's `_disconnected` future."""
+    with contextlib.suppress(Exception):
+        if client._client.disconnect() == 0:
+            await asyncio.wait([client._disconnected], timeout=timeout)
+
+
 class MqttSession:
     """A long-lived MQTT session: reconnects, resubscribes and dispatches every message.
 
@@ -128,12 +136,15 @@ class MqttSession:
         will: Will | None = None,
         keepalive: int = 30,
         backoff: Backoff | None = None,
+        on_disconnect: Callable[[str | None], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self._on_message = on_message
         self._subscriptions = list(subscriptions)
         self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._reconnect_now = False
         self._will = will
         self._keepalive = keepalive
         self._backoff = backoff or Backoff()
@@ -161,10 +172,8 @@ class MqttSession:
         task, self._task = self._task, None
         if task is None:
             return
-        client = self._client
-        if client is not None:  # a clean DISCONNECT, so the broker does not send our will
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), 2)
+        if self._client is not None:  # a clean DISCONNECT, so the broker does not send our will
+            await _disconnect(self._client)
         await cancel_and_wait(task, *self._hooks)
 
     async def __aenter__(self) -> MqttSession:
@@ -173,6 +182,12 @@ class MqttSession:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def reconnect(self) -> None:
+        """Drop the connection and connect again at once, e.g. as a new `endpoint`."""
+        self._reconnect_now = True
+        if self._client is not None:
+            await _disconnect(self._client)
 
     async def subscribe(self, topic: str, qos: int = 0) -> None:
         """Subscribe now (if connected) and again after every reconnect."""
@@ -207,6 +222,11 @@ class MqttSession:
             finally:
                 self._connected.clear()
                 self._client = None
+            if self._on_disconnect is not None:
+                self._on_disconnect(self.last_error)
+            if self._reconnect_now:
+                self._reconnect_now = False
+                continue
             delay = self._backoff.next_delay()
             log.debug("%s: disconnected (%s); retrying in %.2f s", self.client_id,
                       self.last_error, delay)

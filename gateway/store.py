@@ -105,6 +105,47 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_action ON audit (action, id);
     """,
+    # v3: credential rotation and enrollment. A device has one active credential and at
+    # most one pending one (its rotation in flight); every rotation step is a row change
+    # committed before the gateway acts on it, so a crash resumes or rolls back.
+    """
+    ALTER TABLE credentials ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE credentials ADD COLUMN state TEXT NOT NULL DEFAULT 'active'
+        CHECK (state IN ('active', 'pending'));
+    UPDATE credentials SET version = CAST(substr(username, instr(username, '.') + 1) AS INTEGER);
+    ALTER TABLE devices ADD COLUMN model TEXT;
+    ALTER TABLE devices ADD COLUMN firmware TEXT;
+    ALTER TABLE devices ADD COLUMN rotation_days INTEGER;
+    ALTER TABLE devices ADD COLUMN rotated_at REAL;
+    ALTER TABLE devices ADD COLUMN rotation_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN rotation_retry_at REAL;
+    ALTER TABLE devices ADD COLUMN rotation_result TEXT NOT NULL DEFAULT '';
+    UPDATE devices SET rotated_at = (SELECT max(created_at) FROM credentials c
+                                     WHERE c.device_id = devices.id);
+    CREATE TABLE rotations (
+        device_id   TEXT PRIMARY KEY REFERENCES devices (id) ON DELETE CASCADE,
+        step        TEXT NOT NULL CHECK (step IN ('created', 'offered', 'acked')),
+        old_username TEXT NOT NULL,
+        new_username TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        started_at  REAL NOT NULL,
+        offered_at  REAL
+    );
+    CREATE TABLE enrollments (
+        id          TEXT PRIMARY KEY,
+        hash        TEXT NOT NULL,
+        salt        TEXT NOT NULL,
+        iterations  INTEGER NOT NULL,
+        device_id   TEXT,
+        name        TEXT,
+        created_by  TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL,
+        state       TEXT NOT NULL
+                    CHECK (state IN ('open', 'delivered', 'used', 'expired', 'revoked')),
+        failures    INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -128,6 +169,13 @@ class Device:
     invalid_messages: int
     state: dict[str, Any]
     cred_version: int
+    model: str | None
+    firmware: str | None
+    rotation_days: int | None  # None: the configured default
+    rotated_at: float | None  # when the active credential was issued
+    rotation_failures: int  # consecutive failed rotation attempts
+    rotation_retry_at: float | None
+    rotation_result: str  # "", "ok", "failed: …", "alert: …"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +184,34 @@ class Credential:
     device_id: str
     password: PasswordHash
     created_at: float
+    version: int
+    state: str  # "active" or "pending" (offered, not yet proven in use)
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """A credential rotation in flight; `step` is the last one committed."""
+
+    device_id: str
+    step: str  # "created" -> "offered" -> "acked"
+    old_username: str
+    new_username: str
+    reason: str
+    started_at: float
+    offered_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    id: str
+    password: PasswordHash  # of the one-time token's secret
+    device_id: str | None
+    name: str | None
+    created_by: str
+    created_at: float
+    expires_at: float
+    state: str  # open, delivered, used, expired, revoked
+    failures: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +255,12 @@ class AuditEntry:
     target: str
     result: str
     detail: str
+
+
+def _enrollment(row: sqlite3.Row) -> Enrollment:
+    values = dict(row)
+    password = PasswordHash(values.pop("hash"), values.pop("salt"), values.pop("iterations"))
+    return Enrollment(password=password, **values)
 
 
 def _device(row: sqlite3.Row) -> Device:
@@ -302,37 +384,172 @@ class Store:
 
     # -- credentials -------------------------------------------------------------------
 
+    def _new_credential(self, device_id: str, password: PasswordHash, state: str) -> str:
+        """Insert the next credential version of `device_id` (inside a transaction)."""
+        row = self.db.execute(
+            "UPDATE devices SET cred_version = cred_version + 1 WHERE id = ?"
+            " RETURNING cred_version", (device_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no device {device_id!r}")
+        username = f"{device_id}.{row[0]}"
+        self.db.execute(
+            "INSERT INTO credentials (username, device_id, hash, salt, iterations, created_at,"
+            " version, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (username, device_id, password.hash, password.salt, password.iterations,
+             time.time(), row[0], state))
+        return username
+
     def replace_credential(self, device_id: str, password: PasswordHash) -> str:
-        """Replace every credential of `device_id` by a new version; return its username."""
+        """Replace every credential of `device_id` (and end any rotation) by a new active
+        version; return its username."""
         with self.transaction():
-            row = self.db.execute(
-                "UPDATE devices SET cred_version = cred_version + 1 WHERE id = ?"
-                " RETURNING cred_version", (device_id,)).fetchone()
-            if row is None:
-                raise StoreError(f"no device {device_id!r}")
-            username = f"{device_id}.{row[0]}"
             self.db.execute("DELETE FROM credentials WHERE device_id = ?", (device_id,))
+            self.db.execute("DELETE FROM rotations WHERE device_id = ?", (device_id,))
+            username = self._new_credential(device_id, password, "active")
             self.db.execute(
-                "INSERT INTO credentials VALUES (?, ?, ?, ?, ?, ?)",
-                (username, device_id, password.hash, password.salt, password.iterations,
-                 time.time()),
-            )
+                "UPDATE devices SET rotated_at = ?, rotation_failures = 0,"
+                " rotation_retry_at = NULL, rotation_result = '' WHERE id = ?",
+                (time.time(), device_id))
         return username
 
     def delete_credentials(self, device_id: str) -> None:
         with self.transaction():
             self.db.execute("DELETE FROM credentials WHERE device_id = ?", (device_id,))
+            self.db.execute("DELETE FROM rotations WHERE device_id = ?", (device_id,))
 
-    def credentials(self) -> list[Credential]:
-        rows = self.db.execute(
-            "SELECT c.* FROM credentials c JOIN devices d ON d.id = c.device_id"
-            " WHERE d.status != 'removed' ORDER BY c.username"
-        )
+    def credentials(self, device_id: str | None = None) -> list[Credential]:
+        sql = ("SELECT c.* FROM credentials c JOIN devices d ON d.id = c.device_id"
+               " WHERE d.status != 'removed'")
+        args: list[str] = []
+        if device_id is not None:
+            sql, args = sql + " AND c.device_id = ?", [device_id]
         return [
             Credential(r["username"], r["device_id"],
-                       PasswordHash(r["hash"], r["salt"], r["iterations"]), r["created_at"])
-            for r in rows
+                       PasswordHash(r["hash"], r["salt"], r["iterations"]), r["created_at"],
+                       r["version"], r["state"])
+            for r in self.db.execute(sql + " ORDER BY c.device_id, c.version", args)
         ]
+
+    # -- rotation steps: each committed before the gateway acts on it ---------------------
+
+    def begin_rotation(self, device_id: str, password: PasswordHash, reason: str) -> Rotation:
+        """Step 1: a pending credential (the next version) beside the active one."""
+        with self.transaction():
+            old = self.db.execute(
+                "SELECT username FROM credentials WHERE device_id = ? AND state = 'active'",
+                (device_id,)).fetchone()
+            if old is None:
+                raise StoreError(f"device {device_id!r} has no credential to rotate")
+            new = self._new_credential(device_id, password, "pending")
+            self.db.execute(
+                "INSERT INTO rotations (device_id, step, old_username, new_username, reason,"
+                " started_at) VALUES (?, 'created', ?, ?, ?, ?)",
+                (device_id, old[0], new, reason, time.time()))
+        rotation = self.rotation(device_id)
+        assert rotation is not None
+        return rotation
+
+    def set_rotation_step(self, device_id: str, step: str, offered_at: float | None = None) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE rotations SET step = ?, offered_at = COALESCE(?, offered_at)"
+                " WHERE device_id = ?", (step, offered_at, device_id))
+
+    def finish_rotation(self, rotation: Rotation) -> None:
+        """The new credential is proven and the old one gone from the broker."""
+        now = time.time()
+        with self.transaction():
+            self.db.execute("DELETE FROM credentials WHERE username = ?",
+                            (rotation.old_username,))
+            self.db.execute("UPDATE credentials SET state = 'active' WHERE username = ?",
+                            (rotation.new_username,))
+            self.db.execute("DELETE FROM rotations WHERE device_id = ?", (rotation.device_id,))
+            self.db.execute(
+                "UPDATE devices SET rotated_at = ?, rotation_failures = 0,"
+                " rotation_retry_at = NULL, rotation_result = 'ok' WHERE id = ?",
+                (now, rotation.device_id))
+
+    def abandon_rotation(self, rotation: Rotation, *, failed: bool, result: str,
+                         retry_at: float | None) -> int:
+        """Drop the unproven credential, keep the old one; return the failure count."""
+        with self.transaction():
+            self.db.execute("DELETE FROM credentials WHERE username = ? AND state = 'pending'",
+                            (rotation.new_username,))
+            self.db.execute("DELETE FROM rotations WHERE device_id = ?", (rotation.device_id,))
+            row = self.db.execute(
+                "UPDATE devices SET rotation_failures = rotation_failures + ?,"
+                " rotation_retry_at = ?, rotation_result = ? WHERE id = ?"
+                " RETURNING rotation_failures",
+                (1 if failed else 0, retry_at, result, rotation.device_id)).fetchone()
+        return int(row[0]) if row else 0
+
+    def rotation(self, device_id: str) -> Rotation | None:
+        row = self.db.execute("SELECT * FROM rotations WHERE device_id = ?",
+                              (device_id,)).fetchone()
+        return Rotation(**dict(row)) if row else None
+
+    def rotations(self) -> list[Rotation]:
+        return [Rotation(**dict(r)) for r in self.db.execute(
+            "SELECT * FROM rotations ORDER BY device_id")]
+
+    def set_rotation_days(self, device_id: str, days: int | None) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE devices SET rotation_days = ? WHERE id = ?",
+                            (days, device_id))
+
+    # -- enrollments -------------------------------------------------------------------
+
+    def add_enrollment(self, id: str, password: PasswordHash, *, name: str | None,
+                       device_id: str | None, created_by: str, expires_at: float) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO enrollments (id, hash, salt, iterations, device_id, name,"
+                " created_by, created_at, expires_at, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')",
+                (id, password.hash, password.salt, password.iterations, device_id, name,
+                 created_by, time.time(), expires_at))
+
+    def live_enrollments(self, now: float) -> list[Enrollment]:
+        """Enrollments whose token still has a broker login."""
+        return [e for e in self.enrollments(("open", "delivered")) if e.expires_at > now]
+
+    def enrollment(self, id: str) -> Enrollment | None:
+        row = self.db.execute("SELECT * FROM enrollments WHERE id = ?", (id,)).fetchone()
+        return _enrollment(row) if row else None
+
+    def enrollments(self, states: Iterable[str] | None = None) -> list[Enrollment]:
+        rows = self.db.execute("SELECT * FROM enrollments ORDER BY created_at DESC")
+        wanted = set(states) if states is not None else None
+        return [_enrollment(r) for r in rows if wanted is None or r["state"] in wanted]
+
+    def update_enrollment(self, id: str, *, state: str | None = None,
+                          device_id: str | None = None, failures: int | None = None) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE enrollments SET state = COALESCE(?, state),"
+                " device_id = COALESCE(?, device_id), failures = COALESCE(?, failures)"
+                " WHERE id = ?", (state, device_id, failures, id))
+
+    def enroll_device(self, enrollment_id: str, device_id: str, name: str, kind: str, *,
+                      mac: str | None, model: str | None, firmware: str | None,
+                      password: PasswordHash) -> str:
+        """One transaction: the device (adopted), its first credential and the enrollment
+        marked delivered. A repeated hello (the device never got its credential) replaces
+        the credential. Returns the credential's username."""
+        now = time.time()
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO devices (id, name, kind, status, source, mac, created_at, model,"
+                " firmware, rotated_at) VALUES (?, ?, ?, 'adopted', 'enrolled', ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, mac = excluded.mac,"
+                " status = 'adopted', model = excluded.model, firmware = excluded.firmware,"
+                " rotated_at = excluded.rotated_at",
+                (device_id, name, kind, mac, now, model, firmware, now))
+            self.db.execute("DELETE FROM credentials WHERE device_id = ?", (device_id,))
+            username = self._new_credential(device_id, password, "active")
+            self.db.execute("UPDATE enrollments SET state = 'delivered', device_id = ?"
+                            " WHERE id = ?", (device_id, enrollment_id))
+        return username
 
     # -- telemetry ---------------------------------------------------------------------
 

@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from gateway.broker.render import DYNSEC_TOPIC
 from gateway.mqtt import Message, MqttSession
 
+log = logging.getLogger(__name__)
+
 RESPONSE_TOPIC = DYNSEC_TOPIC + "/response"
 TIMEOUT_S = 5.0
+TIMEOUT_PER_COMMAND_S = 0.05  # the plugin rewrites its whole file after every change
 
 
 class DynsecError(Exception):
@@ -51,7 +55,8 @@ class DynsecClient:
         self._pending[batch_id] = future
         try:
             await self.session.publish(DYNSEC_TOPIC, json.dumps({"commands": batch}), qos=1)
-            responses = await asyncio.wait_for(future, TIMEOUT_S)
+            responses = await asyncio.wait_for(
+                future, TIMEOUT_S + TIMEOUT_PER_COMMAND_S * len(batch))
         except TimeoutError:
             raise DynsecError("the broker did not answer a dynamic-security command") from None
         finally:
@@ -61,3 +66,14 @@ class DynsecClient:
             if error and not any(text in error for text in ignore):
                 raise DynsecError(f"{response.get('command')}: {error}")
         return responses
+
+    async def apply(self, commands: Sequence[dict[str, Any]]) -> None:
+        """Apply a change the database already holds: what exists already (or is gone
+        already) is fine, and a broker that cannot take it now gets it at its next start,
+        when its file is rendered from the database."""
+        if not commands:
+            return
+        try:
+            await self.execute(commands, ignore=("not found", "already exists"))
+        except Exception as exc:
+            log.warning("broker: live update deferred to the next broker start: %s", exc)

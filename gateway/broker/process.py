@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import time
 from collections import deque
@@ -38,6 +39,43 @@ class BrokerError(Exception):
     pass
 
 
+_NEW_CONNECTION = re.compile(r"New connection from (\S+):\d+ on port \d+")
+_LOGGED_IN = re.compile(r"New client connected from (\S+):\d+ as ")
+_REFUSED = "disconnected, not authorised"
+PENDING_S = 10.0  # Mosquitto waits this long at most for a CONNECT after accepting
+
+
+class ConnectionLog:
+    """Reads Mosquitto's connection messages. A refused login ("Client <unknown>
+    disconnected, not authorised.") names no address, so it is charged to the oldest
+    accepted connection that has not logged in yet."""
+
+    def __init__(self) -> None:
+        self._pending: deque[tuple[float, str]] = deque()
+
+    def feed(self, line: str, now: float) -> tuple[bool, str | None]:
+        """(is a connection message, the address of a refused login or None)."""
+        while self._pending and now - self._pending[0][0] > PENDING_S:
+            self._pending.popleft()
+        if match := _NEW_CONNECTION.search(line):
+            self._pending.append((now, match[1]))
+            return True, None
+        if match := _LOGGED_IN.search(line):
+            for i, (_, address) in enumerate(self._pending):
+                if address == match[1]:
+                    del self._pending[i]
+                    break
+            return True, None
+        if _REFUSED in line:
+            address = self._pending.popleft()[1] if self._pending else "unknown"
+            return True, address
+        if "Client <unknown> closed its connection" in line:  # left before logging in
+            if self._pending:
+                self._pending.popleft()
+            return True, None
+        return ("closed its connection" in line or " disconnected" in line), None
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: if the gateway is killed, the broker goes too."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -54,7 +92,8 @@ def broker_environment() -> dict[str, str]:
 class EmbeddedBroker:
     def __init__(self, files: BrokerFiles, listeners: Sequence[ListenerSpec], *,
                  executable: str, max_packet_size: int, store: Store, gateway_password: str,
-                 pki: Pki, on_restart: Callable[[int, str], None] | None = None) -> None:
+                 pki: Pki, on_restart: Callable[[int, str], None] | None = None,
+                 on_login_refused: Callable[[str], None] | None = None) -> None:
         self.files = files
         self.pki = pki
         self.listeners = tuple(listeners)
@@ -63,6 +102,8 @@ class EmbeddedBroker:
         self.store = store
         self.gateway_password = gateway_password
         self.on_restart = on_restart
+        self.on_login_refused = on_login_refused
+        self._connections = ConnectionLog()
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -87,7 +128,8 @@ class EmbeddedBroker:
         if any(listener.tls for listener in self.listeners):
             issue_server_cert(self.pki, self.files.server_cert, self.files.server_key,
                               host_names(), certificate_addresses(self.listeners))
-        dynsec = render_dynsec(hash_password(self.gateway_password), self.store.credentials())
+        dynsec = render_dynsec(hash_password(self.gateway_password), self.store.credentials(),
+                               self.store.live_enrollments(time.time()))
         write_private(self.files.dynsec, dynsec)
 
     async def start(self) -> None:
@@ -129,7 +171,12 @@ class EmbeddedBroker:
         assert proc.stderr is not None
         async for raw in proc.stderr:
             line = raw.decode(errors="replace").rstrip()
-            if line:
+            is_connection, refused = self._connections.feed(line, time.monotonic())
+            if refused is not None and self.on_login_refused is not None:
+                self.on_login_refused(refused)
+            if is_connection:
+                log.debug("mosquitto: %s", line)
+            elif line:
                 self._stderr_tail.append(line)
                 level = logging.WARNING if "rror" in line else logging.INFO
                 log.log(level, "mosquitto: %s", line)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.credentials.secrets import PasswordHash
-from gateway.devices.topics import device_acls, device_role
-from gateway.store import Credential
+from gateway.devices.topics import device_acls, enrollment_acls
+from gateway.store import Credential, Enrollment
 
 GATEWAY_USERNAME = "home-gateway"
 GATEWAY_ROLE = "gateway"
@@ -77,7 +77,10 @@ def render_mosquitto_conf(files: BrokerFiles, listeners: Sequence[ListenerSpec],
         "log_dest stderr",
         "log_type error",
         "log_type warning",
-        "connection_messages false",
+        # Connection lines let the gateway audit refused logins (wrong, expired or used
+        # credentials); it reads them from the broker's stderr and does not log them all.
+        "log_type notice",
+        "connection_messages true",
         "set_tcp_nodelay true",
         f"plugin {plugin}",
         f"plugin_opt_config_file {files.dynsec}",
@@ -122,6 +125,16 @@ def gateway_acls() -> list[dict[str, object]]:
     return acls
 
 
+def login_role(username: str) -> str:
+    """Every login has a role of its own: two logins of one device differ in their ack."""
+    return f"login:{username}"
+
+
+def enrollment_username(token_id: str) -> str:
+    # ':' never occurs in a device login (<id>.<n>), so the two cannot collide.
+    return f"enroll:{token_id}"
+
+
 def _client(username: str, role: str, password: PasswordHash,
             clientid: str | None = None) -> dict[str, object]:
     client: dict[str, object] = {
@@ -136,17 +149,23 @@ def _client(username: str, role: str, password: PasswordHash,
     return client
 
 
-def render_dynsec(gateway_password: PasswordHash, credentials: Sequence[Credential]) -> str:
-    """The plugin's file: the gateway's admin client plus one client and role per device."""
+def render_dynsec(gateway_password: PasswordHash, credentials: Sequence[Credential],
+                  enrollments: Sequence[Enrollment] = ()) -> str:
+    """The plugin's file: the gateway's admin client, each device login (active and
+    pending) and each live enrollment token, every one with a role of its own."""
     clients = [_client(GATEWAY_USERNAME, GATEWAY_ROLE, gateway_password)]
     roles: list[dict[str, object]] = [{"rolename": GATEWAY_ROLE, "acls": gateway_acls()}]
-    for device_id in sorted({c.device_id for c in credentials}):
-        roles.append({"rolename": device_role(device_id), "acls": device_acls(device_id)})
     for cred in credentials:
+        role = login_role(cred.username)
+        roles.append({"rolename": role, "acls": device_acls(cred.device_id, cred.version)})
         # Pinned to the device id: no other login can take over (and so cut off) a
         # device's MQTT session by connecting with its client id.
-        clients.append(_client(cred.username, device_role(cred.device_id), cred.password,
-                               clientid=cred.device_id))
+        clients.append(_client(cred.username, role, cred.password, clientid=cred.device_id))
+    for enrollment in enrollments:
+        username = enrollment_username(enrollment.id)
+        role = login_role(username)
+        roles.append({"rolename": role, "acls": enrollment_acls(enrollment.id)})
+        clients.append(_client(username, role, enrollment.password))
     document = {
         "clients": clients,
         "groups": [],
@@ -164,20 +183,27 @@ def render_dynsec(gateway_password: PasswordHash, credentials: Sequence[Credenti
 
 # -- live changes, as dynamic-security commands ------------------------------------------
 
-def create_device_client_commands(device_id: str, username: str,
-                                  password: str) -> list[dict[str, object]]:
-    role = device_role(device_id)
-    return [
-        {"command": "createRole", "rolename": role, "acls": device_acls(device_id)},
-        {"command": "createClient", "username": username, "password": password,
-         "clientid": device_id, "roles": [{"rolename": role}]},
-    ]
+def create_login_commands(username: str, password: str, acls: list[dict[str, object]],
+                          clientid: str | None = None) -> list[dict[str, object]]:
+    role = login_role(username)
+    client: dict[str, object] = {"command": "createClient", "username": username,
+                                 "password": password, "roles": [{"rolename": role}]}
+    if clientid is not None:
+        client["clientid"] = clientid
+    return [{"command": "createRole", "rolename": role, "acls": acls}, client]
 
 
-def delete_device_client_commands(device_id: str,
-                                  usernames: Sequence[str]) -> list[dict[str, object]]:
-    commands: list[dict[str, object]] = [
-        {"command": "deleteClient", "username": u} for u in usernames
-    ]
-    commands.append({"command": "deleteRole", "rolename": device_role(device_id)})
+def create_device_login_commands(device_id: str, username: str,
+                                 password: str) -> list[dict[str, object]]:
+    version = int(username.rsplit(".", 1)[1])
+    return create_login_commands(username, password, device_acls(device_id, version),
+                                 clientid=device_id)
+
+
+def delete_login_commands(usernames: Sequence[str]) -> list[dict[str, object]]:
+    """Deleting a client ends any session using it at once."""
+    commands: list[dict[str, object]] = []
+    for username in usernames:
+        commands.append({"command": "deleteClient", "username": username})
+        commands.append({"command": "deleteRole", "rolename": login_role(username)})
     return commands

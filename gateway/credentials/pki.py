@@ -118,3 +118,9 @@ def host_names() -> list[str]:
     """The names a client on the home network may use for the gateway."""
     host = socket.gethostname().split(".")[0]
     return [host, f"{host}.local", "localhost"]
+
+
+def ca_fingerprint(pki: Pki) -> str:
+    """SHA-256 of the CA certificate (DER), for a device to pin, created on first use."""
+    cert, _ = ensure_ca(pki)
+    return cert.fingerprint(hashes.SHA256()).hex(":")

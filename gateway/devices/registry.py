@@ -79,7 +79,7 @@ class Registry:
         device = self.store.device(id)
         if device is None or device.status == "removed":
             raise DeviceError(f"no device {id!r}")
-        usernames = [c.username for c in self.store.credentials() if c.device_id == id]
+        usernames = [c.username for c in self.store.credentials(id)]
         self.store.delete_credentials(id)
         self.store.set_device_status(id, "removed")
         self.store.audit(actor, "device.remove", "ok", target=id)

@@ -14,13 +14,14 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.aio import cancel_and_wait
 from gateway.broker.dynsec import DynsecClient
-from gateway.broker.render import create_device_client_commands, delete_device_client_commands
+from gateway.broker.render import create_device_login_commands, delete_login_commands
+from gateway.config import DeviceDecl
 from gateway.devices.kinds import check_command
 from gateway.devices.registry import DeviceError, Registry
 from gateway.devices.topics import bridge_state_topic, device_topic, parse_device_topic
@@ -87,6 +88,8 @@ class DeviceService:
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._data_version = -1
+        # Called with a device id when its retained state arrives: it just (re)connected.
+        self.on_state: Callable[[str], None] = lambda device_id: None
         self.reload()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -156,6 +159,8 @@ class DeviceService:
             self.counters.accepted += 1
             if leaf == "telemetry":
                 self._telemetry.append((device_id, reading.ts, json.dumps(reading.values)))
+            else:
+                self.on_state(device_id)
             state = dict(live.state, ts=round(reading.ts, 3))
             self.session.publish_nowait(bridge_state_topic(device_id), json.dumps(state),
                                         retain=True)
@@ -270,42 +275,36 @@ class DeviceService:
         return device
 
     async def issue_credential(self, id: str, actor: str = "admin") -> tuple[str, str]:
-        old = [c.username for c in self.store.credentials() if c.device_id == id]
+        old = [c.username for c in self.store.credentials(id)]
         username, secret = self.registry.issue_credential(id, actor)
-        await self._apply(delete_device_client_commands(id, old)
-                          + create_device_client_commands(id, username, secret))
+        await self.dynsec.apply(delete_login_commands(old)
+                                + create_device_login_commands(id, username, secret))
+        self.reload()
         return username, secret
 
     async def remove(self, id: str, actor: str = "admin") -> None:
         usernames = self.registry.remove(id, actor)
         self.reload()
         self._live.pop(id, None)
-        await self._apply(delete_device_client_commands(id, usernames))
+        await self.dynsec.apply(delete_login_commands(usernames))
         # Clear the retained bridge state so nothing downstream shows a ghost.
         with contextlib.suppress(Exception):
             await self.session.publish(bridge_state_topic(id), b"", qos=1, retain=True)
 
-    async def sync_declared(self, declared: Iterable[tuple[str, str, str, str | None,
-                                                           str | None]]) -> None:
-        """Devices declared in the config file: (id, name, kind, mac, ip). A declared
-        device that left the file is removed, its credential revoked."""
+    async def sync_declared(self, declared: Iterable[DeviceDecl]) -> None:
+        """Devices declared in the config file. A declared device that left the file is
+        removed, its credential revoked."""
         wanted = set()
-        for id, name, kind, mac, ip in declared:
-            wanted.add(id)
+        for decl in declared:
+            wanted.add(decl.id)
             try:
-                self.registry.add(id, kind, name=name, source="config", mac=mac, ip=ip,
-                                  actor="config")
+                self.registry.add(decl.id, decl.kind, name=decl.name, source="config",
+                                  mac=decl.mac, ip=decl.ip, actor="config")
+                self.store.set_rotation_days(decl.id, decl.rotation_days)
             except DeviceError as exc:
-                log.error("config: device %s: %s", id, exc)
+                log.error("config: device %s: %s", decl.id, exc)
         for device in self.store.devices():
             if device.source == "config" and device.id not in wanted:
                 log.info("config: device %s is no longer declared; removing it", device.id)
                 await self.remove(device.id, actor="config")
         self.reload()
-
-    async def _apply(self, commands: list[dict[str, Any]]) -> None:
-        try:
-            await self.dynsec.execute(commands, ignore=("not found", "already exists"))
-        except Exception as exc:
-            # The database already holds the change; the next broker start applies it.
-            log.warning("broker: live update deferred to the next broker start: %s", exc)

@@ -13,12 +13,14 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.aio import cancel_and_wait
+from gateway.broker.render import enrollment_username
+from gateway.devices.enrollment import token_parts
 from gateway.devices.kinds import KINDS
-from gateway.devices.topics import device_topic
+from gateway.devices.topics import device_topic, enroll_topic
 from gateway.mqtt import Endpoint, Message, MqttSession
 
 
@@ -77,26 +79,45 @@ def obey(kind: str, state: dict[str, Any], action: str, params: dict[str, Any]) 
 
 @dataclass
 class SimDevice:
+    """A device agent. It keeps the login it is connected with as a fallback when it takes
+    an offered one, so a refused new login (a rotation the gateway rolled back) costs it
+    one reconnect, never its connection."""
+
     id: str
     kind: str
     endpoint: Endpoint
     interval_s: float | None = None  # None: the kind's realistic rate
     seed: int | None = None
+    # Misbehaviour for tests: never acknowledge offers, or drop offline when one arrives.
+    acknowledge: bool = True
+    offline_on_offer_s: float | None = None
+    # The ack topic of a login received by enrollment or offer, sent after each connect.
+    ack_topic: str | None = None
     commands_handled: int = 0
     telemetry_sent: int = 0
+    offers_seen: int = 0
+    longest_offline_s: float = 0.0
     state: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self.state = self.state or initial_state(self.kind, self._rng)
+        self.fallback: Endpoint | None = None
+        self._offline_since: float | None = None
         self.session = MqttSession(
             self.endpoint, client_id=self.id, on_message=self._on_message,
-            subscriptions=[(device_topic(self.id, "cmd"), 1)], on_connect=self._publish_state)
+            subscriptions=[(device_topic(self.id, "cmd"), 1),
+                           (device_topic(self.id, "creds"), 1)],
+            on_connect=self._on_connect, on_disconnect=self._on_disconnect)
         self._task: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
         return self.session.connected
+
+    @property
+    def username(self) -> str | None:
+        return self.session.endpoint.username
 
     async def start(self) -> None:
         self.session.start()
@@ -105,6 +126,23 @@ class SimDevice:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         await self.session.stop()
+
+    async def _on_connect(self) -> None:
+        if self._offline_since is not None:
+            gap = time.monotonic() - self._offline_since
+            self.longest_offline_s = max(self.longest_offline_s, gap)
+            self._offline_since = None
+        with contextlib.suppress(Exception):
+            await self._publish_state()
+            if self.ack_topic is not None:
+                await self.session.publish(self.ack_topic, b"{}", qos=1)
+
+    def _on_disconnect(self, error: str | None) -> None:
+        if self._offline_since is None:
+            self._offline_since = time.monotonic()
+        if error and "authori" in error.lower() and self.fallback is not None:
+            # The login we hold was refused: go back to the one that worked before.
+            self.session.endpoint, self.fallback = self.fallback, self.session.endpoint
 
     async def _publish_state(self) -> None:
         with contextlib.suppress(Exception):
@@ -131,6 +169,9 @@ class SimDevice:
         return {k: self.state[k] for k in KINDS[self.kind].metrics if k in self.state}
 
     def _on_message(self, message: Message) -> None:
+        if message.topic == device_topic(self.id, "creds"):
+            self._on_offer(message.payload)
+            return
         try:
             command = json.loads(message.payload)
             command_id, action = str(command["id"]), str(command["action"])
@@ -146,6 +187,64 @@ class SimDevice:
             result["state"] = self.state
         self.session.publish_nowait(device_topic(self.id, "cmd/result"), json.dumps(result))
         asyncio.get_running_loop().create_task(self._publish_state())
+
+    def _on_offer(self, payload: bytes) -> None:
+        try:
+            offer = json.loads(payload)
+            new = replace(self.session.endpoint, username=str(offer["username"]),
+                          password=str(offer["password"]))
+            ack = str(offer["ack_topic"])
+        except (ValueError, KeyError, TypeError):
+            return
+        self.offers_seen += 1
+        if not self.acknowledge or new.username == self.session.endpoint.username:
+            return
+        asyncio.get_running_loop().create_task(self._switch(new, ack))
+
+    async def _switch(self, new: Endpoint, ack: str) -> None:
+        if self.offline_on_offer_s is not None:
+            delay, self.offline_on_offer_s = self.offline_on_offer_s, None  # once
+            await self.session.stop()
+            await asyncio.sleep(delay)
+            self.session.start()  # back with the old login; the gateway offers again
+            return
+        self.fallback, self.ack_topic = self.session.endpoint, ack
+        self.session.endpoint = new
+        await self.session.reconnect()
+
+
+async def enroll(endpoint: Endpoint, token: str, hello: dict[str, Any],
+                 timeout: float = 10.0) -> dict[str, Any]:
+    """Enroll like a new device: log in with the token, say hello, return the answer
+    (status, device_id, username, password, ack_topic). TimeoutError when the broker
+    refuses the token or nothing answers."""
+    token_id, secret = token_parts(token)
+    answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def on_message(message: Message) -> None:
+        if not answer.done():
+            answer.set_result(json.loads(message.payload))
+
+    session: MqttSession
+
+    async def say_hello() -> None:
+        await session.publish(enroll_topic(token_id, "hello"), json.dumps(hello), qos=1)
+
+    session = MqttSession(
+        replace(endpoint, username=enrollment_username(token_id), password=secret),
+        client_id=f"enroll-{token_id}", on_message=on_message,
+        subscriptions=[(enroll_topic(token_id, "creds"), 1)], on_connect=say_hello)
+    async with session:
+        return await asyncio.wait_for(answer, timeout)
+
+
+async def enrolled_device(endpoint: Endpoint, token: str, kind: str, **hello: Any) -> SimDevice:
+    """A SimDevice that got its login through enrollment (not started yet)."""
+    answer = await enroll(endpoint, token, {"kind": kind, **hello})
+    if answer.get("status") != "ok":
+        raise RuntimeError(f"enrollment refused: {answer.get('error')}")
+    login = replace(endpoint, username=answer["username"], password=answer["password"])
+    return SimDevice(answer["device_id"], kind, login, ack_topic=answer["ack_topic"])
 
 
 class Fleet:

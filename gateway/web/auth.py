@@ -185,7 +185,8 @@ class Throttle:
         if len(times) < self.free:
             return 0.0
         delay = min(self.first_delay_s * 2.0 ** (len(times) - self.free), self.window_s)
-        return max(0.0, times[-1] + delay - now)
+        # Clamped: float rounding in (last + delay) - now may exceed the window by an ulp.
+        return min(max(0.0, times[-1] + delay - now), self.window_s)
 
     def failed(self, key: str, now: float) -> None:
         times = self._recent(key, now)

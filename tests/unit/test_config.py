@@ -17,6 +17,7 @@ from gateway.config import (
     BrokerConfig,
     Config,
     ConfigError,
+    CredentialsConfig,
     DeviceDecl,
     ExternalBroker,
     GatewayConfig,
@@ -81,6 +82,9 @@ def test_minimal_config_gets_the_defaults() -> None:
             listeners=(Listener(address="127.0.0.1", port=1883, tls=False),),
             external=None,
         ),
+        credentials=CredentialsConfig(rotation_days=30, ack_timeout_s=600,
+                                      offline_wait_s=604800, retry_initial_s=300,
+                                      alert_after=3, enrollment_minutes=15),
         web=WebConfig(listen=(), tls="auto"),
         telemetry=TelemetryConfig(
             max_payload_bytes=16384,
@@ -194,8 +198,8 @@ def test_everything_set() -> None:
     assert config.web.listen == ("127.0.0.1:8080", "[::1]:8443", "localhost:9000")
     assert config.telemetry == TelemetryConfig(64, 100000, 0, 31536000, 86400)
     assert config.devices == (
-        DeviceDecl("thermo-1", "Hall", "thermostat", "aa:bb:cc:dd:ee:0f", "192.168.50.20"),
-        DeviceDecl("cam-1", "cam-1", "camera", None, "fe80::1"),
+        DeviceDecl("thermo-1", "Hall", "thermostat", "aa:bb:cc:dd:ee:0f", "192.168.50.20", None),
+        DeviceDecl("cam-1", "cam-1", "camera", None, "fe80::1", None),
     )
 
 
@@ -237,7 +241,7 @@ def test_addresses_are_normalised() -> None:
 
 def test_device_name_defaults_to_id() -> None:
     config = parse_config(f'{LISTENER}[[devices]]\nid = "plug-1"\nkind = "plug"\n')
-    assert config.devices[0] == DeviceDecl("plug-1", "plug-1", "plug", None, None)
+    assert config.devices[0] == DeviceDecl("plug-1", "plug-1", "plug", None, None, None)
 
 
 def test_listeners_ignored_by_external_mode_are_allowed() -> None:
@@ -354,7 +358,7 @@ def test_odd_keys_and_values_stay_on_one_line() -> None:
     lines = problems(f'"we\\nird\\"key" = 1\n{LISTENER}[broker]\nmode = "a\\u2028b{"x" * 100}"\n')
     assert lines == [
         '<string>:"we\\nird\\"key": unknown key '
-        "(expected one of: broker, devices, gateway, telemetry, web)",
+        "(expected one of: broker, credentials, devices, gateway, telemetry, web)",
         '<string>:broker.mode: "a\\u2028b' + "x" * 57 + '"... is not allowed '
         '(expected one of: "embedded", "external")',
     ]

@@ -28,7 +28,7 @@ from gateway.devices.topics import (
     device_topic,
     parse_device_topic,
 )
-from gateway.store import Credential
+from gateway.store import Credential, Enrollment
 
 PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 GATEWAY_SECRET = "gateway-secret-Zq81xPxkL0aa"
@@ -113,7 +113,7 @@ def test_client_address() -> None:
 
 def credential(device_id: str, version: int = 1) -> Credential:
     return Credential(f"{device_id}.{version}", device_id,
-                      hash_password(DEVICE_SECRETS[device_id]), 0.0)
+                      hash_password(DEVICE_SECRETS[device_id]), 0.0, version, "active")
 
 
 @pytest.fixture
@@ -138,9 +138,9 @@ def role(doc: dict[str, Any], rolename: str) -> dict[str, Any]:
     return found
 
 
-def expected_device_acls(device_id: str) -> set[tuple[str, str, bool]]:
+def expected_device_acls(device_id: str, version: int) -> set[tuple[str, str, bool]]:
     acls = {("publishClientSend", f"devices/{device_id}/{leaf}", True)
-            for leaf in ("telemetry", "state", "cmd/result", "creds/ack")}
+            for leaf in ("telemetry", "state", "cmd/result", f"creds/ack/{version}")}
     for leaf in ("cmd", "creds"):
         acls.add(("subscribeLiteral", f"devices/{device_id}/{leaf}", True))
         acls.add(("publishClientReceive", f"devices/{device_id}/{leaf}", True))
@@ -165,16 +165,18 @@ def test_gateway_client_has_gateway_role(dynsec: dict[str, Any]) -> None:
     assert role(dynsec, GATEWAY_ROLE)["acls"] == gateway_acls()
 
 
-@pytest.mark.parametrize(("device_id", "username"),
-                         [("kitchen-plug", "kitchen-plug.3"), ("hall-door", "hall-door.1")])
+@pytest.mark.parametrize(("device_id", "version"), [("kitchen-plug", 3), ("hall-door", 1)])
 def test_device_role_is_exactly_its_own_topics(dynsec: dict[str, Any], device_id: str,
-                                               username: str) -> None:
+                                               version: int) -> None:
+    """Each login has its own role: the device's topics plus the ack only it may send."""
+    username = f"{device_id}.{version}"
     dev = client(dynsec, username)
-    assert dev["roles"] == [{"rolename": f"device-{device_id}"}]
-    acls = role(dynsec, f"device-{device_id}")["acls"]
+    assert dev["roles"] == [{"rolename": f"login:{username}"}]
+    assert dev["clientid"] == device_id
+    acls = role(dynsec, f"login:{username}")["acls"]
     got = [(a["acltype"], a["topic"], a["allow"]) for a in acls]
     assert len(got) == len(set(got))
-    assert set(got) == expected_device_acls(device_id)
+    assert set(got) == expected_device_acls(device_id, version)
     for acl in acls:
         assert "#" not in acl["topic"] and "+" not in acl["topic"]
         assert acl["acltype"] != "subscribePattern"
@@ -184,7 +186,30 @@ def test_roles_and_clients_match_credentials(dynsec: dict[str, Any]) -> None:
     assert sorted(c["username"] for c in dynsec["clients"]) == sorted(
         [GATEWAY_USERNAME, "kitchen-plug.3", "hall-door.1"])
     assert sorted(r["rolename"] for r in dynsec["roles"]) == sorted(
-        [GATEWAY_ROLE, "device-kitchen-plug", "device-hall-door"])
+        [GATEWAY_ROLE, "login:kitchen-plug.3", "login:hall-door.1"])
+
+
+def test_two_logins_of_one_device_differ_only_in_their_ack() -> None:
+    doc = json.loads(render_dynsec(hash_password(GATEWAY_SECRET),
+                                   [credential("hall-door", 1), credential("hall-door", 2)]))
+    one = {a["topic"] for a in role(doc, "login:hall-door.1")["acls"]}
+    two = {a["topic"] for a in role(doc, "login:hall-door.2")["acls"]}
+    assert one ^ two == {"devices/hall-door/creds/ack/1", "devices/hall-door/creds/ack/2"}
+
+
+def test_enrollment_login_may_only_say_hello_and_hear_its_answer() -> None:
+    enrollment = Enrollment("0a1b2c3d4e", hash_password("token-secret"), None, None, "admin",
+                            0.0, 900.0, "open", 0)
+    doc = json.loads(render_dynsec(hash_password(GATEWAY_SECRET), [], [enrollment]))
+    login = client(doc, "enroll:0a1b2c3d4e")
+    assert "clientid" not in login
+    assert PasswordHash(login["password"], login["salt"], login["iterations"]).verify(
+        "token-secret")
+    acls = {(a["acltype"], a["topic"]) for a in role(doc, "login:enroll:0a1b2c3d4e")["acls"]}
+    assert acls == {("publishClientSend", "enroll/0a1b2c3d4e/hello"),
+                    ("subscribeLiteral", "enroll/0a1b2c3d4e/creds"),
+                    ("publishClientReceive", "enroll/0a1b2c3d4e/creds")}
+    assert "token-secret" not in json.dumps(doc)
 
 
 def test_no_plaintext_password(dynsec_text: str, dynsec: dict[str, Any]) -> None:
@@ -207,14 +232,16 @@ def test_no_devices_renders_gateway_only() -> None:
 
 
 def test_device_acls_have_no_wildcards_and_cover_the_contract() -> None:
-    acls = device_acls("abc")
-    assert {(a["acltype"], a["topic"], a["allow"]) for a in acls} == expected_device_acls("abc")
+    acls = device_acls("abc", 7)
+    assert {(a["acltype"], a["topic"], a["allow"])
+            for a in acls} == expected_device_acls("abc", 7)
     assert all("#" not in str(a["topic"]) and "+" not in str(a["topic"]) for a in acls)
-    assert set(DEVICE_SENDS) == {"telemetry", "state", "cmd/result", "creds/ack"}
+    assert set(DEVICE_SENDS) == {"telemetry", "state", "cmd/result"}
     assert set(DEVICE_RECEIVES) == {"cmd", "creds"}
 
 
-@pytest.mark.parametrize("leaf", ["telemetry", "state", "cmd/result", "creds/ack"])
+@pytest.mark.parametrize("leaf", ["telemetry", "state", "cmd/result", "creds/ack/1",
+                                  "creds/ack/42"])
 def test_parse_device_topic_accepts_device_leaves(leaf: str) -> None:
     assert parse_device_topic(device_topic("kitchen-plug", leaf)) == ("kitchen-plug", leaf)
     assert parse_device_topic(f"devices/abc/{leaf}") == ("abc", leaf)
