@@ -28,8 +28,8 @@ from gateway.broker.render import GATEWAY_USERNAME, BrokerFiles, ListenerSpec, c
 from gateway.config import Config, ConfigError, Listener, load_config
 from gateway.control import ControlError, ControlServer
 from gateway.credentials.pki import Pki, ca_fingerprint, ensure_ca
-from gateway.credentials.rotation import RotationPolicy, Rotator
-from gateway.credentials.secrets import load_or_create_secret
+from gateway.credentials.rotation import OwnLogin, RotationPolicy, Rotator
+from gateway.credentials.secrets import load_or_create_login
 from gateway.devices.enrollment import EnrollmentError, Enrollments
 from gateway.devices.registry import DeviceError
 from gateway.devices.service import CommandRejected, DeviceService
@@ -106,8 +106,9 @@ def broker_endpoint(config: Config, files: BrokerFiles, pki: Pki) -> Endpoint:
         if first.tls:  # the gateway trusts only its own CA, created on first use
             ensure_ca(pki)
             tls = pki.ssl_context()
-        return Endpoint(client_address(first), first.port, GATEWAY_USERNAME,
-                        load_or_create_secret(files.gateway_secret), tls)
+        OwnLogin.discard_unfinished(files.gateway_secret)
+        username, secret = load_or_create_login(files.gateway_secret, GATEWAY_USERNAME)
+        return Endpoint(client_address(first), first.port, username, secret, tls)
     external = config.broker.external
     assert external is not None
     password = Path(external.password_file).read_text().strip()
@@ -149,7 +150,7 @@ class Daemon:
             self.broker = EmbeddedBroker(
                 self.files, listener_specs(config), executable=config.broker.executable,
                 max_packet_size=config.broker.max_packet_size, store=self.store,
-                gateway_password=self.endpoint.password or "", pki=self.pki,
+                pki=self.pki,
                 on_restart=self._broker_restarted, on_login_refused=self._login_refused)
         self.session = MqttSession(
             self.endpoint, client_id=self._client_id(), on_message=self._route,
@@ -167,10 +168,12 @@ class Daemon:
         self.enrollments = Enrollments(self.store, self.session, self.dynsec,
                                        ttl_s=creds.enrollment_minutes * 60.0,
                                        on_change=self.devices.reload)
+        own = (OwnLogin(self.files.gateway_secret, self.session, self.dynsec, self.store)
+               if self.broker is not None else None)  # an external broker's login is not ours
         self.rotator = Rotator(
             self.store, self.session, self.dynsec, policy=rotation_policy(config),
             last_seen=self.devices.last_seen, on_change=self.devices.reload,
-            on_enrollment_ack=self.enrollments.handle_ack)
+            on_enrollment_ack=self.enrollments.handle_ack, own=own)
         self.devices.on_state = self.rotator.device_connected
         self.refused_logins: dict[str, int] = {}  # by address, not yet audited
         self.refused_total = 0
@@ -222,6 +225,7 @@ class Daemon:
             "devices": {"total": len(self.devices.devices()), "online": self.devices.online()},
             "credentials": {
                 "rotating": len(self.rotator.in_flight()),
+                "gateway_login": self.session.endpoint.username,
                 "alerts": [d.id for d in self.rotator.alerts()],
                 "enrollments_open": len(self.store.live_enrollments(time.time())),
                 "logins_refused": self.refused_total,
@@ -384,6 +388,7 @@ class Daemon:
             log.warning("broker refused %d login(s) from %s", count, address)
 
     async def _connected(self) -> None:
+        self.rotator.gateway_connected()
         with contextlib.suppress(Exception):
             await self.session.publish(STATUS_TOPIC, b"online", qos=1, retain=True)
 

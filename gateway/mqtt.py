@@ -186,6 +186,7 @@ class MqttSession:
     async def reconnect(self) -> None:
         """Drop the connection and connect again at once, e.g. as a new `endpoint`."""
         self._reconnect_now = True
+        self._connected.clear()  # from now on, "connected" means the new connection
         if self._client is not None:
             await _disconnect(self._client)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.aio import cancel_and_wait
 from gateway.broker.render import (
+    GATEWAY_USERNAME,
     BrokerFiles,
     ListenerSpec,
     certificate_addresses,
@@ -24,7 +25,7 @@ from gateway.broker.render import (
     render_mosquitto_conf,
 )
 from gateway.credentials.pki import Pki, host_names, issue_server_cert
-from gateway.credentials.secrets import hash_password, write_private
+from gateway.credentials.secrets import hash_password, load_or_create_login, write_private
 from gateway.mqtt import Backoff
 from gateway.store import Store
 
@@ -91,7 +92,7 @@ def broker_environment() -> dict[str, str]:
 
 class EmbeddedBroker:
     def __init__(self, files: BrokerFiles, listeners: Sequence[ListenerSpec], *,
-                 executable: str, max_packet_size: int, store: Store, gateway_password: str,
+                 executable: str, max_packet_size: int, store: Store,
                  pki: Pki, on_restart: Callable[[int, str], None] | None = None,
                  on_login_refused: Callable[[str], None] | None = None) -> None:
         self.files = files
@@ -100,7 +101,6 @@ class EmbeddedBroker:
         self.executable = executable
         self.max_packet_size = max_packet_size
         self.store = store
-        self.gateway_password = gateway_password
         self.on_restart = on_restart
         self.on_login_refused = on_login_refused
         self._connections = ConnectionLog()
@@ -128,8 +128,10 @@ class EmbeddedBroker:
         if any(listener.tls for listener in self.listeners):
             issue_server_cert(self.pki, self.files.server_cert, self.files.server_key,
                               host_names(), certificate_addresses(self.listeners))
-        dynsec = render_dynsec(hash_password(self.gateway_password), self.store.credentials(),
-                               self.store.live_enrollments(time.time()))
+        # The gateway's own login as its file says now (it is rotated too).
+        username, secret = load_or_create_login(self.files.gateway_secret, GATEWAY_USERNAME)
+        dynsec = render_dynsec(hash_password(secret), self.store.credentials(),
+                               self.store.live_enrollments(time.time()), username)
         write_private(self.files.dynsec, dynsec)
 
     async def start(self) -> None:

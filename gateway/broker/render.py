@@ -150,10 +150,11 @@ def _client(username: str, role: str, password: PasswordHash,
 
 
 def render_dynsec(gateway_password: PasswordHash, credentials: Sequence[Credential],
-                  enrollments: Sequence[Enrollment] = ()) -> str:
+                  enrollments: Sequence[Enrollment] = (),
+                  gateway_username: str = GATEWAY_USERNAME) -> str:
     """The plugin's file: the gateway's admin client, each device login (active and
     pending) and each live enrollment token, every one with a role of its own."""
-    clients = [_client(GATEWAY_USERNAME, GATEWAY_ROLE, gateway_password)]
+    clients = [_client(gateway_username, GATEWAY_ROLE, gateway_password)]
     roles: list[dict[str, object]] = [{"rolename": GATEWAY_ROLE, "acls": gateway_acls()}]
     for cred in credentials:
         role = login_role(cred.username)

@@ -25,13 +25,18 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from gateway.aio import cancel_and_wait
 from gateway.broker.dynsec import DynsecClient
-from gateway.broker.render import create_device_login_commands, delete_login_commands
-from gateway.credentials.secrets import hash_password, new_secret
+from gateway.broker.render import (
+    GATEWAY_ROLE,
+    create_device_login_commands,
+    delete_login_commands,
+)
+from gateway.credentials.secrets import hash_password, new_secret, write_private
 from gateway.devices.topics import ack_topic, device_topic
 from gateway.mqtt import MqttSession
 from gateway.store import Device, Rotation, Store, StoreError
@@ -109,6 +114,76 @@ def crash_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+# -- the gateway's own login ---------------------------------------------------------------
+
+OWN_ROTATED_AT = "gateway_login_rotated_at"  # settings key
+OWN_CONNECT_TIMEOUT_S = 10.0
+
+
+class OwnLogin:
+    """The gateway's own broker login, rotated by the same rule as a device's: the next
+    login (`home-gateway:<n>`) is created beside the current one and replaces it only once
+    the gateway has connected with it. The gateway must keep this secret to log in after
+    a restart: it lives in a 0600 file. The next login is written to "<file>.next" first;
+    a leftover one (a crash before the switch was proven) is discarded at start, and the
+    file is replaced atomically once the new login works."""
+
+    def __init__(self, path: Path, session: MqttSession, dynsec: DynsecClient,
+                 store: Store) -> None:
+        self.path = path
+        self.session = session
+        self.dynsec = dynsec
+        self.store = store
+
+    @staticmethod
+    def discard_unfinished(path: Path) -> None:
+        _next_path(path).unlink(missing_ok=True)
+
+    def rotated_at(self) -> float:
+        stored = self.store.setting(OWN_ROTATED_AT)
+        if stored is not None:
+            return float(stored)
+        return self.path.stat().st_mtime if self.path.exists() else time.time()
+
+    def due(self, now: float, policy: RotationPolicy) -> bool:
+        return now - self.rotated_at() >= policy.period_days * DAY_S
+
+    async def rotate(self, actor: str) -> bool:
+        old = self.session.endpoint
+        assert old.username is not None
+        base, _, number = old.username.partition(":")
+        username = f"{base}:{int(number or 0) + 1}"
+        secret = new_secret()
+        write_private(_next_path(self.path), f"{username} {secret}\n")
+        await self.dynsec.apply([{"command": "createClient", "username": username,
+                                  "password": secret,
+                                  "roles": [{"rolename": GATEWAY_ROLE}]}])
+        self.session.endpoint = replace(old, username=username, password=secret)
+        await self.session.reconnect()
+        try:
+            await self.session.wait_connected(OWN_CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            # Not proven: back to the login that works; the new one goes.
+            self.session.endpoint = old
+            await self.session.reconnect()
+            await self.session.wait_connected(OWN_CONNECT_TIMEOUT_S)
+            await self.dynsec.apply([{"command": "deleteClient", "username": username}])
+            self.discard_unfinished(self.path)
+            self.store.audit(actor, "credential.rotate", "failed", target="home-gateway",
+                             detail=f"{username} was refused; {old.username} kept")
+            return False
+        os.replace(_next_path(self.path), self.path)
+        await self.dynsec.apply([{"command": "deleteClient", "username": old.username}])
+        self.store.set_setting(OWN_ROTATED_AT, str(time.time()))
+        self.store.audit(actor, "credential.rotate", "ok", target="home-gateway",
+                         detail=f"{username} in use; {old.username} deleted")
+        return True
+
+
+def _next_path(path: Path) -> Path:
+    return path.with_name(path.name + ".next")
+
+
 # -- the service -------------------------------------------------------------------------
 
 @dataclass(slots=True)
@@ -125,7 +200,8 @@ class Rotator:
     def __init__(self, store: Store, session: MqttSession, dynsec: DynsecClient, *,
                  policy: RotationPolicy, last_seen: Callable[[str], float | None],
                  on_change: Callable[[], None] = lambda: None,
-                 on_enrollment_ack: Callable[[str, int], Any] | None = None) -> None:
+                 on_enrollment_ack: Callable[[str, int], Any] | None = None,
+                 own: OwnLogin | None = None) -> None:
         self.store = store
         self.session = session
         self.dynsec = dynsec
@@ -133,6 +209,7 @@ class Rotator:
         self.last_seen = last_seen
         self.on_change = on_change  # the registry changed (for cached views)
         self.on_enrollment_ack = on_enrollment_ack
+        self.own = own
         self._offers: dict[str, Offer] = {}
         self._acked: list[Rotation] = []
         self._resumed_at = time.time()
@@ -196,7 +273,11 @@ class Rotator:
             return [r.device_id for r, _ in started]
 
     async def rotate_all(self, actor: str) -> list[str]:
+        """Every device's login, and the gateway's own."""
         ids = [d.id for d in self.store.devices() if d.status == "adopted" and d.rotated_at]
+        if self.own is not None:  # first: its reconnect would race device acks
+            async with self._busy:
+                await self.own.rotate(actor)
         return await self.rotate(ids, "all", actor)
 
     async def _offer(self, device_id: str) -> None:
@@ -212,6 +293,12 @@ class Rotator:
             await self.session.publish(device_topic(device_id, "creds"), payload, qos=1)
         except Exception as exc:  # not connected: the loop offers again
             log.debug("offer to %s not sent: %s", device_id, exc)
+
+    def gateway_connected(self) -> None:
+        """Our own session (re)connected: an acknowledgement sent meanwhile was lost, so
+        offer again (a device already on the offered login acknowledges once more)."""
+        for device_id in list(self._offers):
+            asyncio.get_running_loop().create_task(self._offer(device_id))
 
     def device_connected(self, device_id: str) -> None:
         """A device (re)connected (it publishes its state on connect): a device that was
@@ -244,7 +331,9 @@ class Rotator:
             await self._finish(batch)
 
     async def _finish(self, rotations: Sequence[Rotation]) -> None:
-        """Delete the old logins (one broker batch), then commit the new ones."""
+        """Delete the old logins (one broker batch), then commit the new ones. Runs under
+        `_busy`; a rotation another caller finished meanwhile is skipped."""
+        rotations = [r for r in rotations if self.store.rotation(r.device_id) is not None]
         if not rotations:
             return
         await self.dynsec.apply(delete_login_commands([r.old_username for r in rotations]))
@@ -297,6 +386,9 @@ class Rotator:
                and (at := next_rotation_at(d, self.policy)) is not None and at <= now]
         if due:
             await self.rotate(due, "scheduled", "system")
+        if self.own is not None and self.own.due(now, self.policy):
+            async with self._busy:
+                await self.own.rotate("system")
 
     async def _abandon(self, rotation: Rotation, *, failed: bool, now: float) -> None:
         """Drop the unproven login, never the old one."""

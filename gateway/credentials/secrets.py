@@ -69,3 +69,14 @@ def load_or_create_secret(path: Path) -> str:
     elif path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)  # repair a loosened mode rather than keep leaking
     return value
+
+
+def load_or_create_login(path: Path, default_username: str) -> tuple[str, str]:
+    """The login stored at `path` as "<username> <secret>" (a file holding only a secret,
+    as written before logins were versioned, is `default_username`'s), created on first
+    use."""
+    value = load_or_create_secret(path)
+    username, _, secret = value.partition(" ")
+    if not secret:
+        return default_username, username
+    return username, secret

@@ -16,11 +16,12 @@ from gateway.aio import cancel_and_wait
 from gateway.devices.kinds import KINDS
 from gateway.devices.service import CommandRejected
 from gateway.devices.topics import device_topic
-from gateway.mqtt import MqttSession
+from gateway.mqtt import Endpoint, MqttSession
 from gateway.sim.devices import fleet_ids
 from gateway.sim.lab import Lab, free_port, start_lab
 
 REPORT_EVERY_S = 5.0
+ROTATE_EVERY_S = 30.0
 
 
 def say(text: str) -> None:
@@ -62,6 +63,28 @@ async def _commands(lab: Lab) -> None:
                 say(f"command to {agent.id} failed: {exc}")
 
 
+async def _rotations(lab: Lab) -> None:
+    """Rotate one device's login at a time, round robin, and say how it went."""
+    turn = 0
+    while True:
+        await asyncio.sleep(ROTATE_EVERY_S)
+        agents = lab.fleet.devices
+        if not agents:
+            continue
+        agent = agents[turn % len(agents)]
+        turn += 1
+        before = agent.username
+        await lab.daemon.rotator.rotate([agent.id], "manual", "demo")
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if lab.daemon.store.rotation(agent.id) is None:
+                break
+        device = lab.daemon.store.device(agent.id)
+        say(f"rotated {agent.id}: {before} -> {agent.username} "
+            f"({device.rotation_result if device else '?'}; the device was offline "
+            f"{agent.longest_offline_s * 1000:.0f} ms at most)")
+
+
 def _web_port(preferred: int = 8080) -> int:
     with socket.socket() as sock:
         try:
@@ -78,8 +101,12 @@ async def run_demo(state_dir: str | None, devices: int = 6,
             state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="home-gateway-"))
         # The demo prints the setup code itself; the daemon's log line would repeat it.
         logging.getLogger("gateway.daemon").setLevel(logging.ERROR)
-        web = f'\n[web]\nlisten = ["127.0.0.1:{_web_port()}"]\n'
-        lab = await start_lab(Path(state_dir).resolve(), extra_config=web)
+        # A TLS listener for the devices, as on the IoT side of a real gateway.
+        device_port = free_port()
+        extra = (f'\n[[broker.listeners]]\naddress = "127.0.0.1"\nport = {device_port}\n'
+                 'tls = true\n\n'
+                 f'[web]\nlisten = ["127.0.0.1:{_web_port()}"]\n')
+        lab = await start_lab(Path(state_dir).resolve(), extra_config=extra)
         daemon = lab.daemon
         say(f"home-gateway demo: state in {state_dir}")
         if daemon.setup_code:
@@ -88,16 +115,21 @@ async def run_demo(state_dir: str | None, devices: int = 6,
         say(f"broker: mosquitto pid {daemon.broker.pid if daemon.broker else '-'} on "
             f"{daemon.endpoint.host}:{daemon.endpoint.port} (anonymous access refused)")
         kinds = list(KINDS)
-        await lab.add_devices(fleet_ids(kinds, devices))
-        say(f"{devices} simulated devices registered, each with its own credential: "
+        tls = Endpoint("localhost", device_port, tls=daemon.pki.ssl_context())
+        await lab.enroll_devices(fleet_ids(kinds, devices), tls)
+        say(f"{devices} simulated devices enrolled with one-time tokens over TLS (port "
+            f"{device_port}, the gateway's CA pinned), each with its own login: "
             + ", ".join(d.id for d in lab.fleet.devices))
+        say(f"every {ROTATE_EVERY_S:.0f} s one device's login is rotated; the old one is "
+            "deleted only after the device proves the new one")
         say("demo-rogue is a misbehaving sensor: every 20 s it sends garbage, which is dropped.")
         say("Ctrl-C stops everything.")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        tasks = [loop.create_task(_misbehave(lab)), loop.create_task(_commands(lab))]
+        tasks = [loop.create_task(_misbehave(lab)), loop.create_task(_commands(lab)),
+                 loop.create_task(_rotations(lab))]
         started = time.monotonic()
         last_accepted, last_time = 0, time.monotonic()
         try:

@@ -197,7 +197,10 @@ class SimDevice:
         except (ValueError, KeyError, TypeError):
             return
         self.offers_seen += 1
-        if not self.acknowledge or new.username == self.session.endpoint.username:
+        if not self.acknowledge:
+            return
+        if new.username == self.session.endpoint.username:  # switched already: say so again
+            self.session.publish_nowait(ack, b"{}")
             return
         asyncio.get_running_loop().create_task(self._switch(new, ack))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from gateway.config import Config, parse_config
 from gateway.daemon import Daemon
 from gateway.mqtt import Endpoint
-from gateway.sim.devices import Fleet, SimDevice
+from gateway.sim.devices import Fleet, SimDevice, enrolled_device
 from gateway.systemd import Notifier
 
 
@@ -54,6 +54,21 @@ class Lab:
             username, secret = await self.daemon.devices.issue_credential(device_id, "demo")
             agent = SimDevice(device_id, kind, self.endpoint(username, secret),
                               interval_s=interval_s)
+            await agent.start()
+            agents.append(agent)
+        self.fleet.devices.extend(agents)
+        await self.wait_seen([a.id for a in agents])
+        return agents
+
+    async def enroll_devices(self, devices: Sequence[tuple[str, str]], endpoint: Endpoint,
+                             interval_s: float | None = None) -> list[SimDevice]:
+        """(id, kind) devices that enroll themselves with one-time tokens, like new
+        devices the admin enrolls, then start."""
+        agents = []
+        for device_id, kind in devices:
+            ticket = await self.daemon.enrollments.create("demo", device_id=device_id)
+            agent = await enrolled_device(endpoint, ticket.token, kind)
+            agent.interval_s = interval_s
             await agent.start()
             agents.append(agent)
         self.fleet.devices.extend(agents)

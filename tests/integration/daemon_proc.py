@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from gateway.credentials.secrets import load_or_create_login
 from gateway.mqtt import Endpoint, MqttError, make_client
 from gateway.sim.lab import free_port
 
@@ -327,8 +328,8 @@ class Gateway:
         return Endpoint("127.0.0.1", self.port, username, password)
 
     def gateway_endpoint(self) -> Endpoint:
-        secret = (self.state_dir / "broker" / "gateway.secret").read_text().strip()
-        return self.endpoint(GATEWAY_USERNAME, secret)
+        path = self.state_dir / "broker" / "gateway.secret"
+        return self.endpoint(*load_or_create_login(path, GATEWAY_USERNAME))
 
     # -- cleanup --
 

@@ -70,7 +70,10 @@ async def test_rotating_fifty_devices_at_once_locks_none_out(lab: Lab) -> None:
     refused = await asyncio.gather(*(login_refused(ep, device_id)
                                      for device_id, ep in old.items()))
     assert all(refused)
-    assert len(audit(lab, "credential.rotate")) == 100  # started + ok, per device
+    entries = lab.daemon.store.audit_log(500, "credential.rotate")
+    assert len([e for e in entries if e.target in old]) == 100  # started + ok, per device
+    # "Rotate all" includes the gateway's own login.
+    assert [e.result for e in entries if e.target == "home-gateway"] == ["ok"]
     await asyncio.sleep(1.5)  # devices keep working: telemetry still flows
     assert all(lab.daemon.devices.is_online(a.id, within_s=1.5) for a in agents)
 
@@ -287,3 +290,42 @@ def listening_ports(pid: int) -> set[int]:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
 
+
+
+async def test_the_gateways_own_login_is_rotated_the_same_way(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    lab = await start_lab(state)
+    secret_file = state / "broker" / "gateway.secret"
+    try:
+        [agent] = await lab.add_devices([("hall-plug", "plug")], interval_s=0.3)
+        old = lab.daemon.session.endpoint
+        assert old.username == "home-gateway"
+        started = await lab.daemon.rotator.rotate_all("test")  # devices and the gateway
+        assert started == ["hall-plug"]
+        assert lab.daemon.session.connected
+        assert lab.daemon.session.endpoint.username == "home-gateway:1"
+        assert secret_file.read_text().split()[0] == "home-gateway:1"
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        assert not (state / "broker" / "gateway.secret.next").exists()
+        assert await login_refused(old, "old-gateway-login")
+        # The gateway still does its job with the new login: the device's rotation ends.
+        await eventually(lambda: lab.daemon.store.rotation("hall-plug") is None, 15,
+                         "the device's rotation")
+        assert agent.username == "hall-plug.2"
+        result = await lab.daemon.devices.send_command("hall-plug", "set_power", {"on": False},
+                                                       source="admin")
+        assert result["status"] == "ok"
+        assert ("ok", "home-gateway:1 in use; home-gateway deleted") in audit(
+            lab, "credential.rotate", "home-gateway")
+    finally:
+        await lab.stop()
+    # A next login left behind by a crash before it was proven is discarded at start, and
+    # the gateway starts with the login its file names.
+    (state / "broker" / "gateway.secret.next").write_text("home-gateway:2 never-proven\n")
+    lab = await start_lab(state)
+    try:
+        assert lab.daemon.session.endpoint.username == "home-gateway:1"
+        assert not (state / "broker" / "gateway.secret.next").exists()
+        assert lab.daemon.status()["healthy"]
+    finally:
+        await lab.stop()

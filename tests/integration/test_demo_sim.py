@@ -51,7 +51,8 @@ def test_demo_runs_devices_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             lines.append(line)
             if "devices reporting" in line:
                 break
-        assert any("6 simulated devices registered" in x for x in lines), lines
+        assert any("6 simulated devices enrolled with one-time tokens over TLS" in x
+                   for x in lines), lines
         assert mosquitto_pids_under(state), "the demo's broker is not running"
         # The admin page is served on loopback; its URL and the setup code are printed.
         admin = next(x for x in lines if "admin page: " in x)
