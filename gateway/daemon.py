@@ -466,9 +466,12 @@ class Daemon:
 
     def enrollment_info(self, token_id: str, token: str, expires_at: float) -> dict[str, Any]:
         """What a device needs to enroll: the token, where the broker is, the CA to pin."""
+        listeners = self.config.broker.listeners
+        # Devices cannot reach a loopback listener; name it only when there is no other.
+        reachable = [x for x in listeners if not ipaddress.ip_address(x.address).is_loopback]
         return {"id": token_id, "token": token, "expires_at": expires_at,
                 "brokers": [{"host": x.address, "port": x.port, "tls": x.tls}
-                            for x in self.config.broker.listeners],
+                            for x in reachable or listeners],
                 "ca_file": str(self.pki.ca_cert), "ca_sha256": ca_fingerprint(self.pki)}
 
     async def _op_setup_code(self, args: dict[str, Any]) -> Any:

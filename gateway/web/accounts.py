@@ -256,7 +256,7 @@ class Accounts:
             raise AuthError(409, "two-factor authentication is on already")
         secret = auth.new_totp_secret()
         uri = auth.totp_uri(secret, user.username)
-        return {"secret": secret, "uri": uri, "qr_svg": auth.totp_qr_svg(uri)}
+        return {"secret": secret, "uri": uri, "qr_svg": auth.qr_svg(uri)}
 
     def confirm_totp(self, principal: Principal, secret: str, code: str) -> list[str]:
         """Turn TOTP on once the user proved their app has `secret`; the recovery codes

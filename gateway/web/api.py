@@ -20,13 +20,17 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway import __version__
+from gateway.credentials.pki import ensure_ca
+from gateway.credentials.rotation import next_rotation_at
+from gateway.devices.enrollment import EnrollmentError, qr_payload
 from gateway.devices.kinds import KINDS
 from gateway.devices.registry import DeviceError
 from gateway.devices.service import CommandRejected, CommandTimeout, DeviceOffline
-from gateway.store import ApiToken, AuditEntry, Device, User
+from gateway.store import ApiToken, AuditEntry, Device, Enrollment, Rotation, User
 from gateway.web.accounts import Accounts, Principal
+from gateway.web.auth import qr_svg
 from gateway.web.openapi import document
-from gateway.web.schema import Body, BodyError, Obj, Str
+from gateway.web.schema import Body, BodyError, Int, Obj, Str
 
 if TYPE_CHECKING:
     from gateway.daemon import Daemon
@@ -111,17 +115,73 @@ async def body_of(request: web.Request, body: Body) -> dict[str, Any]:
 
 # -- views of stored things ------------------------------------------------------------
 
-def device_view(daemon: Daemon, device: Device) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Logins:
+    """Each device's active login and rotation in flight, read once for a whole list."""
+
+    active: dict[str, str]  # device id -> username
+    rotations: dict[str, Rotation]
+
+    @classmethod
+    def read(cls, daemon: Daemon, device_id: str | None = None) -> Logins:
+        store = daemon.store
+        active = {c.device_id: c.username for c in store.credentials(device_id)
+                  if c.state == "active"}
+        if device_id is None:
+            rotations = {r.device_id: r for r in store.rotations()}
+        else:
+            rotation = store.rotation(device_id)
+            rotations = {device_id: rotation} if rotation else {}
+        return cls(active, rotations)
+
+
+def credential_view(daemon: Daemon, device: Device, logins: Logins) -> dict[str, Any]:
+    """The device's broker login as the admin page shows it: never a secret or a hash."""
+    policy = daemon.rotator.policy
+    rotation = logins.rotations.get(device.id)
+    result = device.rotation_result
+    return {
+        "username": logins.active.get(device.id),
+        "rotated_at": device.rotated_at,
+        "age_s": (None if device.rotated_at is None
+                  else max(0, round(time.time() - device.rotated_at))),
+        "next_rotation": next_rotation_at(device, policy),
+        "rotation_days": device.rotation_days or policy.period_days,
+        "rotation_days_default": device.rotation_days is None,
+        "rotating": rotation is not None,
+        "step": rotation.step if rotation else None,
+        "failures": device.rotation_failures,
+        "last_result": result,
+        "alert": result.startswith("alert"),
+    }
+
+
+def device_view(daemon: Daemon, device: Device, logins: Logins | None = None) -> dict[str, Any]:
     service = daemon.devices
     kind = KINDS.get(device.kind)
     return {
         "id": device.id, "name": device.name, "kind": device.kind, "status": device.status,
         "source": device.source, "mac": device.mac, "ip": device.ip,
+        "model": device.model, "firmware": device.firmware,
         "online": service.is_online(device.id), "last_seen": service.last_seen(device.id),
         "first_seen": device.first_seen, "invalid_messages": device.invalid_messages,
         "state": service.state(device.id),
         "actions": {a: sorted(params) for a, params in kind.actions.items()} if kind else {},
+        "credential": credential_view(
+            daemon, device, logins if logins is not None else Logins.read(daemon, device.id)),
     }
+
+
+def devices_view(daemon: Daemon) -> list[dict[str, Any]]:
+    logins = Logins.read(daemon)
+    return [device_view(daemon, d, logins) for d in daemon.devices.devices()]
+
+
+def enrollment_view(enrollment: Enrollment) -> dict[str, Any]:
+    e = enrollment
+    return {"id": e.id, "name": e.name, "device_id": e.device_id, "created_by": e.created_by,
+            "created_at": e.created_at, "expires_at": e.expires_at, "state": e.state,
+            "failures": e.failures}
 
 
 def audit_view(entry: AuditEntry) -> dict[str, Any]:
@@ -145,11 +205,31 @@ def status_view(daemon: Daemon) -> dict[str, Any]:
     status["messages_per_s"] = round(daemon.rates.per_second, 1)
     status["version"] = __version__
     status["tiles"] = {  # filled by later capabilities; the dashboard shows them as such
+        "credentials": credentials_tile(status["credentials"]),
         "cloud": {"state": "not configured"},
         "firewall": {"state": "not configured"},
         "privacy": {"state": "off", "detail": "no category consented"},
     }
     return status
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+def credentials_tile(credentials: dict[str, Any]) -> dict[str, Any]:
+    alerts, rotating = credentials["alerts"], credentials["rotating"]
+    if alerts:
+        state, label = "alert", _count(len(alerts), "alert")
+    elif rotating:
+        state, label = "rotating", f"{rotating} rotating"
+    else:
+        state, label = "ok", "OK"
+    detail = [f"{rotating} rotating",
+              _count(credentials["enrollments_open"], "enrollment") + " open",
+              _count(credentials["logins_refused"], "login") + " refused"]
+    return {"state": state, "label": label, "detail": " · ".join(detail),
+            "rotating": rotating, "alerts": alerts}
 
 
 def device_or_404(request: web.Request) -> Device:
@@ -184,8 +264,7 @@ async def get_status(request: web.Request) -> web.StreamResponse:
 
 
 async def list_devices(request: web.Request) -> web.StreamResponse:
-    daemon = daemon_of(request)
-    return reply({"devices": [device_view(daemon, d) for d in daemon.devices.devices()]})
+    return reply({"devices": devices_view(daemon_of(request))})
 
 
 ADD_DEVICE = Body({
@@ -208,6 +287,7 @@ async def add_device(request: web.Request) -> web.StreamResponse:
         username, secret = await daemon.devices.issue_credential(device.id, who.actor)
     except DeviceError as exc:
         raise HttpError(409 if "exists" in str(exc) else 400, str(exc)) from None
+    device = daemon.devices.device(device.id) or device  # with its credential
     return reply({"device": device_view(daemon, device),
                   "credential": {"username": username, "password": secret}}, 201)
 
@@ -263,6 +343,102 @@ async def send_command(request: web.Request) -> web.StreamResponse:
     return reply({"device": device.id, "action": data["action"], "result": result})
 
 
+# -- credentials: rotation and enrollment -------------------------------------------------
+
+async def rotate_device(request: web.Request) -> web.StreamResponse:
+    device = device_or_404(request)
+    daemon, who = daemon_of(request), principal_of(request)
+    started = await daemon.rotator.rotate([device.id], "manual", who.actor)
+    if not started:  # the core audits what it starts; a refusal is audited here
+        why = ("is already rotating" if daemon.store.rotation(device.id) is not None
+               else "has no credential to rotate")
+        daemon.store.audit(who.actor, "credential.rotate", "rejected", target=device.id,
+                           detail=why)
+        raise HttpError(409, f"{device.id} {why}")
+    return reply({"started": started}, 202)
+
+
+async def rotate_all(request: web.Request) -> web.StreamResponse:
+    daemon, who = daemon_of(request), principal_of(request)
+    started = await daemon.rotator.rotate_all(who.actor)
+    daemon.store.audit(who.actor, "credential.rotate_all", "ok",
+                       detail=f"{_count(len(started), 'rotation')} started")
+    return reply({"started": started}, 202)
+
+
+ROTATION = Body({
+    "days": Int(1, 3650, nullable=True,
+                description="days between rotations of this device's credential; "
+                            "null: the gateway's default (credentials.rotation_days)"),
+})
+
+
+async def set_rotation(request: web.Request) -> web.StreamResponse:
+    device = device_or_404(request)
+    data = await body_of(request, ROTATION)
+    daemon, who = daemon_of(request), principal_of(request)
+    if device.source == "config":  # the config file would set it back at the next start
+        raise HttpError(409, f"{device.id} is declared in the config file: set its "
+                             "rotation_days there")
+    days: int | None = data["days"]
+    daemon.store.set_rotation_days(device.id, days)
+    default = daemon.rotator.policy.period_days
+    daemon.store.audit(who.actor, "credential.rotation_days", "ok", target=device.id,
+                       detail=f"every {days} days" if days is not None
+                       else f"the default (every {default} days)")
+    daemon.devices.reload()
+    return reply(device_view(daemon, daemon.devices.device(device.id) or device))
+
+
+async def list_enrollments(request: web.Request) -> web.StreamResponse:
+    store = daemon_of(request).store
+    return reply({"enrollments": [enrollment_view(e)
+                                  for e in store.live_enrollments(time.time())]})
+
+
+ENROLL = Body({
+    "name": Str(1, 64, required=False, description="the new device's name"),
+    "device_id": Str(3, 40, required=False, pattern=f"^{DEVICE_ID}$",
+                     description="the id it gets (default: <kind>-<6 hex digits>)"),
+    "minutes": Int(1, 1440, required=False,
+                   description="how long the token works (default: "
+                               "credentials.enrollment_minutes)"),
+})
+
+
+async def create_enrollment(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, ENROLL)
+    daemon, who = daemon_of(request), principal_of(request)
+    minutes = data.get("minutes")
+    try:
+        ticket = await daemon.enrollments.create(
+            who.actor, name=data.get("name"), device_id=data.get("device_id"),
+            ttl_s=minutes * 60.0 if minutes else None)
+    except EnrollmentError as exc:  # only the device id can be wrong
+        raise HttpError(409 if "exists" in str(exc) else 400, f"device_id: {exc}") from None
+    info = daemon.enrollment_info(ticket.id, ticket.token, ticket.expires_at)
+    payload = qr_payload(info)
+    return reply({**info, "qr_payload": payload, "qr_svg": qr_svg(payload)}, 201)
+
+
+async def revoke_enrollment(request: web.Request) -> web.StreamResponse:
+    token_id = request.match_info["id"]
+    try:
+        await daemon_of(request).enrollments.revoke(token_id, principal_of(request).actor)
+    except EnrollmentError as exc:
+        raise HttpError(404, str(exc)) from None
+    return reply({"revoked": token_id})
+
+
+async def ca_certificate(request: web.Request) -> web.StreamResponse:
+    pki = daemon_of(request).pki
+    if not pki.ca_cert.exists():
+        ensure_ca(pki)
+    return web.Response(body=pki.ca_cert.read_bytes(), content_type="application/x-pem-file",
+                        headers={"Content-Disposition":
+                                 'attachment; filename="home-gateway-ca.crt"'})
+
+
 async def get_audit(request: web.Request) -> web.StreamResponse:
     store = daemon_of(request).store
     filters = {k: _query(request, k) or None for k in ("action", "actor", "result", "target")}
@@ -289,11 +465,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         while not stopping.is_set() and accounts.session_alive(principal):
             status = status_view(daemon)
-            devices = [device_view(daemon, d) for d in daemon.devices.devices()]
+            devices = devices_view(daemon)
             audit = [audit_view(e) for e in daemon.store.audit_log(5)]
-            # Uptime and rates move every tick; send at once what a user would notice
-            # change, and refresh the rest every few seconds.
-            change = json.dumps([devices, audit, status["healthy"], status["broker"]])
+            # Uptime, rates and credential ages move every tick; send at once what a user
+            # would notice change, and refresh the rest every few seconds.
+            steady = [{**d, "credential": {**d["credential"], "age_s": None}}
+                      for d in devices]
+            change = json.dumps([steady, audit, status["healthy"], status["broker"],
+                                 status["credentials"]])
             now = time.monotonic()
             if change != last_change or now - last_sent >= REFRESH_S:
                 snapshot = json.dumps({"status": status, "devices": devices, "audit": audit})
@@ -484,6 +663,28 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{P}/devices/{{id}}/commands", send_command, "admin",
           "Send a command (checked against the device kind) and wait for its result",
           body=COMMAND, response="CommandResult", errors=(400, 404, 409, 504)),
+    Route("POST", f"{P}/devices/{{id}}/rotate", rotate_device, "admin",
+          "Start rotating the device's credential now; its old login keeps working until "
+          "the device proves the new one", response="Started", status=202,
+          errors=(404, 409)),
+    Route("PUT", f"{P}/devices/{{id}}/rotation", set_rotation, "admin",
+          "Set how often the device's credential is rotated (null: the default)",
+          body=ROTATION, response="Device", errors=(404, 409)),
+    Route("POST", f"{P}/credentials/rotate-all", rotate_all, "admin",
+          "Start rotating every device's credential now (with the embedded broker, after "
+          "the gateway's own login)", response="Started", status=202),
+    Route("GET", f"{P}/enrollments", list_enrollments, "read",
+          "Enrollments whose token still works (no secrets)", response="EnrollmentList"),
+    Route("POST", f"{P}/enrollments", create_enrollment, "admin",
+          "Create a one-time enrollment token for a new device (returned this once, with "
+          "the brokers, the CA fingerprint and a QR code of them)",
+          body=ENROLL, response="EnrollmentCreated", status=201, errors=(409,)),
+    Route("DELETE", f"{P}/enrollments/{{id}}", revoke_enrollment, "admin",
+          "Revoke an enrollment: its token stops working", response="Revoked",
+          errors=(404,)),
+    Route("GET", f"{P}/ca.crt", ca_certificate, "read",
+          "The gateway's CA certificate (PEM): devices pin it, browsers may import it",
+          produces="application/x-pem-file"),
     Route("GET", f"{P}/audit", get_audit, "read", "The audit log, newest first",
           response="Audit", errors=(400,),
           query=(("action", {"type": "string", "maxLength": 128}),

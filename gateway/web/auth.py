@@ -129,10 +129,10 @@ def totp_uri(secret: str, username: str) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=TOTP_ISSUER)
 
 
-def totp_qr_svg(uri: str) -> str:
-    """An inline <svg> (a data: image would need the CSP to allow data: URIs)."""
-    svg: str = segno.make(uri, error="m").svg_inline(scale=5, dark="#111", light="#fff",
-                                                    omitsize=True)
+def qr_svg(text: str) -> str:
+    """An inline <svg> QR code (a data: image would need the CSP to allow data: URIs)."""
+    svg: str = segno.make(text, error="m").svg_inline(scale=4, dark="#111", light="#fff",
+                                                     omitsize=True)
     return svg
 
 

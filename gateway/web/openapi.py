@@ -29,6 +29,7 @@ TS = {"type": "number", "description": "seconds since the Unix epoch"}
 TS_OR_NULL = {**TS, "nullable": True}
 STR_OR_NULL = {"type": "string", "nullable": True}
 ANY_OBJ = {"type": "object", "additionalProperties": True}
+STRS = {"type": "array", "items": STR}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -46,27 +47,57 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "broker": _obj({"mode": STR, "running": {**BOOL, "nullable": True},
                         "pid": {**INT, "nullable": True}, "restarts": INT, "connected": BOOL}),
         "devices": _obj({"total": INT, "online": INT}),
-        "credentials": _obj({"rotating": INT, "gateway_login": STR,
-                             "alerts": {"type": "array", "items": STR},
+        "credentials": _obj({"rotating": INT, "gateway_login": STR_OR_NULL, "alerts": STRS,
                              "enrollments_open": INT, "logins_refused": INT,
-                             "plaintext_listeners": {"type": "array", "items": STR}}),
+                             "plaintext_listeners": STRS}),
         "web": _obj({"urls": {"type": "array", "items": STR}, "setup_pending": BOOL}),
         "messages": _obj({"accepted": INT, "rejected": INT, "unknown": INT, "commands": INT,
                           "rejected_by_reason": {"type": "object",
                                                  "additionalProperties": INT}}),
         "tiles": {"type": "object", "additionalProperties": ANY_OBJ},
     }),
+    "Credential": _obj({
+        "username": {**STR_OR_NULL, "description": "the active broker login (null: none)"},
+        "rotated_at": {**TS_OR_NULL, "description": "when the active login was issued"},
+        "age_s": {**INT, "nullable": True},
+        "next_rotation": {**TS_OR_NULL, "description": "when it is next due (or retried)"},
+        "rotation_days": {**INT, "description": "the period in effect"},
+        "rotation_days_default": {**BOOL, "description": "the period is the gateway's default"},
+        "rotating": BOOL,
+        "step": {**STR_OR_NULL, "description": "created, offered or acked while rotating"},
+        "failures": {**INT, "description": "failed rotation attempts in a row"},
+        "last_result": {**STR, "description": "'', 'ok', 'failed: …' or 'alert: …'"},
+        "alert": BOOL,
+    }),
     "Device": _obj({
         "id": STR, "name": STR, "kind": STR, "status": STR, "source": STR,
-        "mac": STR_OR_NULL, "ip": STR_OR_NULL, "online": BOOL, "last_seen": TS_OR_NULL,
+        "mac": STR_OR_NULL, "ip": STR_OR_NULL, "model": STR_OR_NULL,
+        "firmware": STR_OR_NULL, "online": BOOL, "last_seen": TS_OR_NULL,
         "first_seen": TS_OR_NULL, "invalid_messages": INT, "state": ANY_OBJ,
         "actions": {"type": "object",
                     "additionalProperties": {"type": "array", "items": STR}},
+        "credential": _ref("Credential"),
     }),
     "DeviceList": _list("devices", "Device"),
     "DeviceAdded": _obj({"device": _ref("Device"),
                          "credential": _obj({"username": STR, "password": STR})}),
     "Removed": _obj({"removed": STR}),
+    "Started": _obj({"started": {**STRS, "description": "the devices whose rotation started"}}),
+    "Enrollment": _obj({
+        "id": STR, "name": STR_OR_NULL, "device_id": STR_OR_NULL, "created_by": STR,
+        "created_at": TS, "expires_at": TS,
+        "state": {"type": "string", "enum": ["open", "delivered", "used", "expired",
+                                             "revoked"]},
+        "failures": INT}),
+    "EnrollmentList": _list("enrollments", "Enrollment"),
+    "EnrollmentCreated": _obj({
+        "id": STR, "token": {**STR, "description": "<id>.<secret>, shown this once"},
+        "expires_at": TS,
+        "brokers": {"type": "array", "items": _obj({"host": STR, "port": INT, "tls": BOOL})},
+        "ca_file": STR, "ca_sha256": STR,
+        "qr_payload": {**STR, "description": 'what the QR code holds: {"v":1,"token",'
+                                            '"brokers","ca_sha256"} as compact JSON'},
+        "qr_svg": STR}),
     "Telemetry": _obj({"device": STR, "minutes": INT, "points": {
         "type": "array", "items": _obj({"ts": TS, "values": ANY_OBJ})}}),
     "CommandResult": _obj({"device": STR, "action": STR, "result": ANY_OBJ}),

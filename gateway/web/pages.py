@@ -21,6 +21,8 @@ from gateway.web.api import (
     daemon_of,
     device_or_404,
     device_view,
+    devices_view,
+    enrollment_view,
     status_view,
     token_view,
     user_view,
@@ -36,16 +38,7 @@ ENV = jinja2.Environment(
 
 
 def _ago(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    seconds = max(0, int(time.time() - ts))
-    if seconds < 60:
-        return f"{seconds} s ago"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    if seconds < 86400:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} d ago"
+    return "never" if ts is None else _age(time.time() - ts) + " ago"
 
 
 def _clock(ts: float) -> str:
@@ -64,7 +57,28 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {s} s"
 
 
-ENV.filters.update(ago=_ago, clock=_clock, duration=_duration)
+def _age(seconds: float | None) -> str:
+    """A credential's age: "40 s", "12 min", "5 h", "30 d"."""
+    if seconds is None:
+        return "none"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h"
+    return f"{s // 86400} d"
+
+
+def _until(ts: float | None) -> str:
+    if ts is None:
+        return "not scheduled"
+    left = ts - time.time()
+    return "due now" if left <= 0 else f"in {_age(left)}"
+
+
+ENV.filters.update(ago=_ago, clock=_clock, duration=_duration, age=_age, until=_until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +113,27 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
 
 async def devices(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
-    return render(request, "devices.html", title="Devices",
-                  devices=[device_view(daemon, d) for d in daemon.devices.devices()],
-                  kinds=sorted(KINDS))
+    return render(request, "devices.html", title="Devices", devices=devices_view(daemon),
+                  kinds=sorted(KINDS), rotation_days=daemon.rotator.policy.period_days,
+                  own_login=daemon.rotator.own is not None)
 
 
 async def device(request: web.Request) -> web.StreamResponse:
     found = device_or_404(request)
     kind = KINDS.get(found.kind)
-    return render(request, "device.html", title=found.name,
-                  device=device_view(daemon_of(request), found),
-                  actions=kind.actions if kind else {})
+    daemon = daemon_of(request)
+    return render(request, "device.html", title=found.name, device=device_view(daemon, found),
+                  actions=kind.actions if kind else {},
+                  rotation_default=daemon.rotator.policy.period_days)
+
+
+async def enroll(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    live = daemon.store.live_enrollments(time.time())
+    return render(request, "enroll.html", title="Enroll a device",
+                  enrollments=[enrollment_view(e) for e in live],
+                  minutes=daemon.config.credentials.enrollment_minutes,
+                  plaintext=daemon.status()["credentials"]["plaintext_listeners"])
 
 
 async def audit(request: web.Request) -> web.StreamResponse:
@@ -168,6 +192,7 @@ PAGES: tuple[Page, ...] = (
     Page("GET", "/", dashboard, "page"),
     Page("GET", "/devices", devices, "page"),
     Page("GET", "/devices/{id}", device, "page"),
+    Page("GET", "/enroll", enroll, "page-admin"),
     Page("GET", "/audit", audit, "page"),
     Page("GET", "/account", account, "page"),
     Page("GET", "/users", users, "page-admin"),

@@ -47,6 +47,35 @@ class Str:
 
 
 @dataclass(frozen=True, slots=True)
+class Int:
+    """A whole number in [min, max]; `nullable` also accepts JSON null ("the default")."""
+
+    min: int
+    max: int
+    required: bool = True
+    nullable: bool = False
+    description: str = ""
+
+    def check(self, name: str, value: Any) -> None:
+        if value is None and self.nullable:
+            return
+        # bool is an int in Python, but true is not a number in JSON
+        if isinstance(value, bool) or not isinstance(value, int):
+            expected = " or null" if self.nullable else ""
+            raise BodyError(f"{name}: expected a whole number{expected}")
+        if not self.min <= value <= self.max:
+            raise BodyError(f"{name}: expected a whole number from {self.min} to {self.max}")
+
+    def openapi(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "integer", "minimum": self.min, "maximum": self.max}
+        if self.nullable:
+            out["nullable"] = True
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Obj:
     """A free-form JSON object (command parameters: checked later against the kind)."""
 
@@ -66,7 +95,7 @@ class Obj:
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    fields: dict[str, Str | Obj] = field(default_factory=dict)
+    fields: dict[str, Str | Int | Obj] = field(default_factory=dict)
 
     def parse(self, raw: bytes, content_type: str) -> dict[str, Any]:
         if content_type != "application/json":

@@ -1,7 +1,8 @@
 """A tour of every page with real content, on a desktop and on a phone: each page renders
 without a script error or CSP violation, nothing sticks out sideways on a 390-px phone,
 and the forms not covered elsewhere (add a user, create an API token, filter the audit
-log) work. Screenshots of each page go to artifacts/screenshots/ for a human to judge."""
+log, create an enrollment token) work. Screenshots of each page go to
+artifacts/screenshots/ for a human to judge."""
 
 from __future__ import annotations
 
@@ -35,6 +36,15 @@ async def test_every_page_on_desktop_and_phone(gw: Lab, page: Page, shot: Shot) 
     await page.goto(f"{base}/devices")
     await expect(page.locator('[data-list="devices"] tr')).to_have_count(3)
     await shot("devices", phone=True)
+
+    await page.goto(f"{base}/enroll")
+    await expect(page.locator("#enrollment-list")).to_contain_text("None open.")
+    await page.get_by_label("Name (optional)").fill("Porch light")
+    await page.get_by_role("button", name="Create token").click()
+    await expect(page.locator("#ticket svg")).to_be_visible()
+    await expect(page.locator("#enrollment-list tr")).to_have_count(1)
+    await expect(page.locator("#enrollment-list")).to_contain_text("Porch light")
+    await shot("enroll", phone=True)
 
     await page.goto(f"{base}/devices/living-thermostat")
     await expect(page.locator("#chart svg.spark").first).to_be_visible()

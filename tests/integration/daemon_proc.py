@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -44,34 +44,9 @@ LEVELS = "(DEBUG|INFO|WARNING|ERROR|CRITICAL)"
 AUTH_REFUSED = re.compile(r"\[code:(4|5|134|135)\]|not authori[sz]ed", re.IGNORECASE)
 
 
-T = TypeVar("T")
 
 
 # --- small helpers --------------------------------------------------------------------------
-
-
-def wait_until(probe: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
-        time.sleep(0.05)
-
-
-async def eventually(probe: Callable[[], T], timeout: float, what: str) -> T:
-    """`wait_until` for async tests: polls without blocking the event loop."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
-        await asyncio.sleep(0.05)
 
 
 def process_state(pid: int) -> str | None:

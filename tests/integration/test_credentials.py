@@ -15,7 +15,7 @@ import pytest
 from gateway.mqtt import Endpoint, Message, MqttError, MqttSession, make_client
 from gateway.sim.devices import SimDevice, enroll, enrolled_device, fleet_ids
 from gateway.sim.lab import Lab, start_lab
-from tests.integration.daemon_proc import eventually
+from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -37,8 +37,8 @@ from tests.integration.daemon_proc import (
     mqtt_connect,
     process_state,
     sha256,
-    wait_until,
 )
+from tests.polling import wait_until
 
 pytestmark = [
     pytest.mark.integration,

@@ -20,7 +20,8 @@ from gateway.control import request
 from gateway.credentials.rotation import CRASH_ENV, STEPS
 from gateway.mqtt import MqttError, make_client
 from gateway.sim.devices import SimDevice
-from tests.integration.daemon_proc import EXIT_TIMEOUT_S, MOSQUITTO, Gateway, eventually
+from tests.integration.daemon_proc import EXIT_TIMEOUT_S, MOSQUITTO, Gateway
+from tests.polling import eventually
 
 pytestmark = [
     pytest.mark.integration,

@@ -68,7 +68,7 @@ def test_totp_step_accepts_one_step_of_drift_and_nothing_else() -> None:
     assert auth.totp_step(secret, totp.at(now - 90), now) is None
     assert auth.totp_step(secret, "12345", now) is None
     assert auth.totp_step(secret, "abcdef", now) is None
-    assert auth.totp_qr_svg(auth.totp_uri(secret, "alice")).startswith("<svg")
+    assert auth.qr_svg(auth.totp_uri(secret, "alice")).startswith("<svg")
 
 
 def test_throttle_grows_delays_and_forgets_after_the_window() -> None:

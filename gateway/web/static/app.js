@@ -25,6 +25,7 @@ function collect(form) {
     let value = el.value;
     if (el.dataset.type === "bool") value = value === "true";
     else if (el.dataset.type === "number") value = Number(value);
+    else if (el.dataset.type === "optional-number") value = value === "" ? null : Number(value);
     else if (value === "" && !el.required) continue;
     const path = el.name.split(".");
     let target = body;
@@ -53,6 +54,44 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// An <svg> from our own server's markup (a QR code), as an element: parsed as inert HTML
+// (nothing in it runs), only the <svg> kept, scaled by CSS, with a text alternative.
+function svgFrom(markup, label) {
+  const doc = new DOMParser().parseFromString(markup, "text/html");
+  const found = doc.querySelector("body > svg");
+  if (!found) return null;
+  for (const node of found.querySelectorAll("script, foreignObject")) node.remove();
+  const image = document.importNode(found, true);
+  if (!image.getAttribute("viewBox") && image.getAttribute("width")) {
+    image.setAttribute("viewBox", `0 0 ${image.getAttribute("width")} ${image.getAttribute("height")}`);
+  }
+  image.setAttribute("role", "img");
+  image.setAttribute("aria-label", label);
+  return image;
+}
+
+function enrollmentRow(e) {
+  const revoke = el("form", { "data-api": `/api/v1/enrollments/${e.id}`, "data-method": "DELETE",
+                              "data-done": "gone", "data-confirm": `Revoke the enrollment ${e.id}? Its token stops working.` },
+                    el("button", { class: "link danger" }, "Revoke"), el("span", { class: "result", role: "status" }));
+  wireForm(revoke);
+  return el("tr", { "data-id": e.id }, el("td", {}, el("code", {}, e.id)),
+            el("td", { "data-label": "For" }, e.device_id || e.name || "a new device"),
+            el("td", { "data-label": "Created by" }, e.created_by),
+            el("td", { "data-label": "Expires" }, el("time", { "data-ts": e.expires_at }, clock(e.expires_at))),
+            el("td", { "data-label": "State" }, e.state), el("td", {}, revoke));
+}
+
+async function listEnrollments() {
+  const list = document.getElementById("enrollment-list");
+  let res;
+  try { res = await api("GET", "/api/v1/enrollments"); } catch (e) { return; }
+  if (!res.ok) return;
+  clear(list);
+  for (const e of res.data.enrollments) list.append(enrollmentRow(e));
+  if (!res.data.enrollments.length) list.append(el("tr", { class: "empty" }, el("td", { colspan: "6" }, "None open.")));
+}
+
 const done = {
   login(form, res) {
     if (res.ok) { location.assign(form.dataset.next || "/"); return; }
@@ -71,13 +110,9 @@ const done = {
   totp(form, res) {
     document.getElementById("totp-enrol").hidden = false;
     const qr = document.getElementById("totp-qr");
-    qr.innerHTML = res.data.qr_svg; // our own server's SVG
-    const image = qr.querySelector("svg");
-    if (image && !image.getAttribute("viewBox")) { // let CSS scale it instead of cropping
-      image.setAttribute("viewBox", `0 0 ${image.getAttribute("width")} ${image.getAttribute("height")}`);
-    }
-    if (image) image.setAttribute("role", "img");
-    if (image) image.setAttribute("aria-label", "QR code for your authenticator app");
+    clear(qr);
+    const image = svgFrom(res.data.qr_svg, "QR code for your authenticator app");
+    if (image) qr.append(image);
     // Shown in groups of four, the way authenticator apps accept it typed in.
     document.getElementById("totp-secret").textContent = res.data.secret.replace(/(.{4})(?=.)/g, "$1 ");
     document.querySelector('#totp-confirm [name="secret"]').value = res.data.secret;
@@ -105,6 +140,40 @@ const done = {
       el("code", {}, c.username), " password ", el("code", { class: "secret" }, c.password),
       " — shown once.");
   },
+  rotated(form, res) {
+    const n = res.data.started.length;
+    say(form, n === 1 ? "Rotation started." : `${n} rotations started.`, "ok");
+  },
+  enrollment(form, res) {
+    const d = res.data;
+    say(form, `Token ${d.id} created.`, "ok");
+    const qr = document.getElementById("ticket-qr");
+    clear(qr);
+    const image = svgFrom(d.qr_svg, "QR code with the enrollment token, the brokers and the CA fingerprint");
+    if (image) qr.append(image);
+    document.getElementById("ticket-token").textContent = d.token;
+    const expires = document.getElementById("ticket-expires");
+    expires.textContent = clock(d.expires_at);
+    expires.dateTime = new Date(d.expires_at * 1000).toISOString();
+    const brokers = document.getElementById("ticket-brokers");
+    clear(brokers);
+    d.brokers.forEach((b, i) => {
+      if (i) brokers.append(", ");
+      brokers.append(el("code", {}, `${b.host.includes(":") ? `[${b.host}]` : b.host}:${b.port}`), " ",
+                     el("span", { class: `pill ${b.tls ? "ok" : "bad"}` }, b.tls ? "TLS" : "plain text"));
+    });
+    document.getElementById("ticket-ca").textContent = d.ca_sha256;
+    const ticket = document.getElementById("ticket");
+    ticket.hidden = false;
+    ticket.scrollIntoView({ block: "nearest" });
+    listEnrollments();
+  },
+  gone(form) {
+    const row = form.closest("tr");
+    const list = row.parentNode;
+    row.remove();
+    if (!list.querySelector("tr")) list.append(el("tr", { class: "empty" }, el("td", { colspan: "6" }, "None open.")));
+  },
   command(form, res) {
     const r = res.data.result || {};
     say(form, `${r.status || "?"}${r.error ? ": " + r.error : ""}`, r.status === "ok" ? "ok" : "error");
@@ -112,42 +181,44 @@ const done = {
 };
 
 function wireForms() {
-  for (const form of document.querySelectorAll("form[data-api]")) {
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      if (form.dataset.confirm && !confirm(form.dataset.confirm)) return;
-      if (form.dataset.match) {
-        const [a, b] = form.dataset.match.split(",");
-        if (form.elements[a].value !== form.elements[b].value) {
-          say(form, "The two passwords differ.", "error");
-          return;
-        }
+  for (const form of document.querySelectorAll("form[data-api]")) wireForm(form);
+}
+
+function wireForm(form) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (form.dataset.confirm && !confirm(form.dataset.confirm)) return;
+    if (form.dataset.match) {
+      const [a, b] = form.dataset.match.split(",");
+      if (form.elements[a].value !== form.elements[b].value) {
+        say(form, "The two passwords differ.", "error");
+        return;
       }
-      const button = form.querySelector("button");
-      if (button) button.disabled = true;
-      say(form, "…", "");
-      const method = form.dataset.method || "POST";
-      let res;
-      try {
-        res = await api(method, form.dataset.api, method === "DELETE" ? undefined : collect(form));
-      } catch (e) {
-        res = { ok: false, status: 0, data: { error: "the gateway did not answer" } };
-      } finally {
-        if (button) button.disabled = false;
-      }
-      const then = form.dataset.done || "";
-      if (res.status === 429) {
-        say(form, `${res.data.error}`, "error");
-      } else if (then === "login" || (res.ok && then)) {
-        if (then.startsWith("goto:")) location.assign(then.slice(5));
-        else done[then](form, res);
-      } else if (res.ok) {
-        say(form, "Done.", "ok");
-      } else {
-        say(form, res.data.error || `failed (${res.status})`, "error");
-      }
-    });
-  }
+    }
+    const button = form.querySelector("button");
+    if (button) button.disabled = true;
+    say(form, "…", "");
+    const method = form.dataset.method || "POST";
+    let res;
+    try {
+      res = await api(method, form.dataset.api, method === "DELETE" ? undefined : collect(form));
+    } catch (e) {
+      res = { ok: false, status: 0, data: { error: "the gateway did not answer" } };
+    } finally {
+      if (button) button.disabled = false;
+    }
+    const then = form.dataset.done || "";
+    if (res.status === 429) {
+      say(form, `${res.data.error}`, "error");
+    } else if (then === "login" || (res.ok && then)) {
+      if (then.startsWith("goto:")) location.assign(then.slice(5));
+      else done[then](form, res);
+    } else if (res.ok) {
+      say(form, "Done.", "ok");
+    } else {
+      say(form, res.data.error || `failed (${res.status})`, "error");
+    }
+  });
 }
 
 // -- relative times ------------------------------------------------------------------
@@ -159,6 +230,22 @@ function ago(ts) {
   if (s < 3600) return `${Math.floor(s / 60)} min ago`;
   if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
   return `${Math.floor(s / 86400)} d ago`;
+}
+
+// A credential's age, "12 min" or "30 d"; `until` a time ahead, "in 29 d".
+function age(seconds) {
+  if (seconds === null || seconds === undefined) return "none";
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h`;
+  return `${Math.floor(s / 86400)} d`;
+}
+
+function until(ts) {
+  if (!ts) return "not scheduled";
+  const left = ts - Date.now() / 1000;
+  return left <= 0 ? "due now" : `in ${age(left)}`;
 }
 
 function duration(seconds) {
@@ -191,6 +278,9 @@ function refreshTimes() {
   for (const node of document.querySelectorAll("[data-seen]")) {
     node.textContent = ago(Number(node.dataset.seen) || 0);
   }
+  for (const node of document.querySelectorAll("[data-since]")) {
+    if (node.dataset.since) node.textContent = age(Date.now() / 1000 - Number(node.dataset.since));
+  }
 }
 
 // -- live views ------------------------------------------------------------------------
@@ -203,6 +293,14 @@ function setField(name, value, good) {
     node.classList.toggle("ok", good);
     node.classList.toggle("bad", !good);
   }
+}
+
+// The devices list's login cell: an alert, a rotation in flight, or the login's age.
+function credentialCell(c) {
+  if (c.alert) return el("span", { class: "pill bad", title: c.last_result }, "alert");
+  if (c.rotating) return el("span", { class: "pill" }, "rotating");
+  if (c.username) return el("span", { title: `rotated ${ago(c.rotated_at)}` }, age(c.age_s));
+  return el("small", {}, "none");
 }
 
 function auditRow(e) {
@@ -223,6 +321,20 @@ const live = {
     setField("total", s.devices.total);
     setField("rate", s.messages_per_s);
     setField("rejected", s.messages.rejected);
+    const tile = s.tiles.credentials;
+    setField("cred-state", tile.label);
+    const state = document.querySelector('[data-field="cred-state"]');
+    state.classList.toggle("ok", tile.state === "ok");
+    state.classList.toggle("bad", tile.state === "alert");
+    setField("cred-detail", tile.detail);
+    const banner = document.getElementById("rotation-alert");
+    const alerts = banner.querySelector('[data-list="cred-alerts"]');
+    clear(alerts);
+    s.credentials.alerts.forEach((id, i) => {
+      if (i) alerts.append(", ");
+      alerts.append(el("a", { href: `/devices/${id}` }, id));
+    });
+    banner.hidden = !s.credentials.alerts.length;
     const list = document.querySelector('[data-list="audit"]');
     clear(list);
     for (const e of snap.audit) list.append(auditRow(e));
@@ -230,14 +342,15 @@ const live = {
   devices(snap) {
     const list = document.querySelector('[data-list="devices"]');
     clear(list);
-    if (!snap.devices.length) list.append(el("tr", { class: "empty" }, el("td", { colspan: "4" }, "No devices yet.")));
+    if (!snap.devices.length) list.append(el("tr", { class: "empty" }, el("td", { colspan: "5" }, "No devices yet.")));
     for (const d of snap.devices) {
       const dot = el("span", { class: `dot ${d.online ? "on" : "off"}`, title: d.online ? "online" : "offline" });
       const name = el("td", {}, dot, el("a", { href: `/devices/${d.id}` }, d.name));
       if (d.name !== d.id) name.append(el("br"), el("small", {}, d.id));
       list.append(el("tr", { id: `device-${d.id}`, "data-id": d.id }, name,
         el("td", {}, d.kind), el("td", {}, el("span", { class: "pill" }, d.status)),
-        el("td", { class: "nowrap", "data-seen": d.last_seen || "" }, ago(d.last_seen))));
+        el("td", { class: "nowrap", "data-seen": d.last_seen || "" }, ago(d.last_seen)),
+        el("td", { class: "nowrap c-cred" }, credentialCell(d.credential))));
     }
   },
   device(snap) {
@@ -255,6 +368,18 @@ const live = {
     clear(list);
     if (!Object.keys(d.state).length) list.append(el("tr", { class: "empty" }, el("td", {}, "Nothing reported yet.")));
     for (const [k, v] of Object.entries(d.state)) list.append(el("tr", {}, el("th", {}, k), el("td", {}, shown(v))));
+    const c = d.credential;
+    setField("cred-user", c.username || "none");
+    const since = document.querySelector('[data-field="cred-age"]');
+    since.dataset.since = c.rotated_at || "";
+    since.textContent = age(c.age_s);
+    setField("cred-next", c.rotating ? `rotating now (${c.step})` : until(c.next_rotation));
+    setField("cred-result", c.last_result || "never rotated");
+    const result = document.querySelector('[data-field="cred-result"]');
+    result.classList.toggle("ok", c.last_result === "ok");
+    result.classList.toggle("bad", c.last_result !== "" && c.last_result !== "ok");
+    setField("cred-failures", c.failures);
+    document.querySelector('[data-field="cred-alert"]').hidden = !c.alert;
   },
 };
 
