@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import command_rtt, memory, throughput, web
+from bench import command_rtt, memory, rotation, throughput, web
 from bench.common import Figure, environment, table
 
 Measure = Callable[[Path, bool], Awaitable[list[Figure]]]
@@ -23,9 +23,11 @@ FIGURES: dict[str, Measure] = {
     "rtt": command_rtt.measure,
     "memory": memory.measure,
     "web": web.measure,
+    "rotation": rotation.measure,
 }
 BUDGET_S = {"throughput": 150.0, "rtt": 90.0, "memory": 90.0,
-            "web": 90.0}  # each figure stops by itself
+            "web": 90.0, "rotation": 240.0}  # each figure stops by itself
+QUICK_BUDGET_S = {**BUDGET_S, "rotation": 90.0}
 
 
 async def run(names: list[str], quick: bool) -> list[Figure]:
@@ -34,7 +36,8 @@ async def run(names: list[str], quick: bool) -> list[Figure]:
         print(f"{name} …", file=sys.stderr, flush=True)
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
-            figures += await asyncio.wait_for(FIGURES[name](Path(tmp), quick), BUDGET_S[name])
+            budget = (QUICK_BUDGET_S if quick else BUDGET_S)[name]
+            figures += await asyncio.wait_for(FIGURES[name](Path(tmp), quick), budget)
         print(f"{name}: {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
     return figures
 

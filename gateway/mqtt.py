@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import socket
 import ssl
 from collections.abc import Callable, Coroutine, Sequence
@@ -40,6 +41,17 @@ MqttError: type[Exception] = _lib.MqttError
 CONNECT_TIMEOUT_S = 10
 # Small control messages must not wait for Nagle + delayed ACK (~40 ms a round trip).
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
+# A CONNACK refusing the login (MQTT 3.1.1 codes 4/5, MQTT 5 codes 134/135), as either
+# client generation words it; anything else (a network error) is not a refused login.
+_LOGIN_REFUSED = re.compile(r"\[code:(4|5|134|135)\]|not authori[sz]ed|bad user name",
+                            re.IGNORECASE)
+
+
+def login_refused(error: str | None) -> bool:
+    """True when a connection error text says the broker refused the credentials."""
+    return bool(error and _LOGIN_REFUSED.search(error))
 
 
 class NotConnected(Exception):

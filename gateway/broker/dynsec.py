@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 RESPONSE_TOPIC = DYNSEC_TOPIC + "/response"
 TIMEOUT_S = 5.0
 TIMEOUT_PER_COMMAND_S = 0.05  # the plugin rewrites its whole file after every change
+# The plugin answers a batch only when all of it is done, and blocks the broker meanwhile:
+# large changes go in chunks, so other clients are served in between and no batch outlasts
+# the MQTT client's own 10 s publish timeout.
+CHUNK = 100
 
 
 class DynsecError(Exception):
@@ -74,6 +78,8 @@ class DynsecClient:
         if not commands:
             return
         try:
-            await self.execute(commands, ignore=("not found", "already exists"))
+            for start in range(0, len(commands), CHUNK):
+                await self.execute(commands[start:start + CHUNK],
+                                   ignore=("not found", "already exists"))
         except Exception as exc:
             log.warning("broker: live update deferred to the next broker start: %s", exc)

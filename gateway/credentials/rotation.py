@@ -327,13 +327,15 @@ class Rotator:
     async def _finish_acked(self) -> None:
         await asyncio.sleep(ACK_BATCH_S)
         async with self._busy:
-            batch, self._acked = self._acked, []
-            await self._finish(batch)
+            while self._acked:  # acks that arrive while a batch is applied are taken too
+                batch, self._acked = self._acked, []
+                await self._finish(batch)
 
     async def _finish(self, rotations: Sequence[Rotation]) -> None:
         """Delete the old logins (one broker batch), then commit the new ones. Runs under
         `_busy`; a rotation another caller finished meanwhile is skipped."""
-        rotations = [r for r in rotations if self.store.rotation(r.device_id) is not None]
+        rotations = [r for r in rotations if (now := self.store.rotation(r.device_id))
+                     is not None and now.new_username == r.new_username]
         if not rotations:
             return
         await self.dynsec.apply(delete_login_commands([r.old_username for r in rotations]))
@@ -359,6 +361,20 @@ class Rotator:
 
     async def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        # Under the lock: a rotation that rotate() has committed but not yet offered must
+        # not look like one whose secret died in a restart.
+        async with self._busy:
+            in_flight = await self._judge_in_flight(now)
+        busy = {r.device_id for r in in_flight}
+        due = [d.id for d in self.store.devices() if d.id not in busy
+               and (at := next_rotation_at(d, self.policy)) is not None and at <= now]
+        if due:
+            await self.rotate(due, "scheduled", "system")
+        if self.own is not None and self.own.due(now, self.policy):
+            async with self._busy:
+                await self.own.rotate("system")
+
+    async def _judge_in_flight(self, now: float) -> list[Rotation]:
         finish: list[Rotation] = []
         in_flight = self.store.rotations()
         for rotation in in_flight:
@@ -378,17 +394,8 @@ class Rotator:
                     finish.append(rotation)
             elif verdict in ("rollback", "fail"):
                 await self._abandon(rotation, failed=verdict == "fail", now=now)
-        if finish:
-            async with self._busy:
-                await self._finish(finish)
-        busy = {r.device_id for r in in_flight}
-        due = [d.id for d in self.store.devices() if d.id not in busy
-               and (at := next_rotation_at(d, self.policy)) is not None and at <= now]
-        if due:
-            await self.rotate(due, "scheduled", "system")
-        if self.own is not None and self.own.due(now, self.policy):
-            async with self._busy:
-                await self.own.rotate("system")
+        await self._finish(finish)
+        return in_flight
 
     async def _abandon(self, rotation: Rotation, *, failed: bool, now: float) -> None:
         """Drop the unproven login, never the old one."""

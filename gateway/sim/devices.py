@@ -21,7 +21,7 @@ from gateway.broker.render import enrollment_username
 from gateway.devices.enrollment import token_parts
 from gateway.devices.kinds import KINDS
 from gateway.devices.topics import device_topic, enroll_topic
-from gateway.mqtt import Endpoint, Message, MqttSession
+from gateway.mqtt import Endpoint, Message, MqttSession, login_refused
 
 
 def initial_state(kind: str, rng: random.Random) -> dict[str, Any]:
@@ -140,7 +140,7 @@ class SimDevice:
     def _on_disconnect(self, error: str | None) -> None:
         if self._offline_since is None:
             self._offline_since = time.monotonic()
-        if error and "authori" in error.lower() and self.fallback is not None:
+        if login_refused(error) and self.fallback is not None:
             # The login we hold was refused: go back to the one that worked before.
             self.session.endpoint, self.fallback = self.fallback, self.session.endpoint
 

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -39,9 +38,6 @@ READY_TIMEOUT_S = 20.0
 EXIT_TIMEOUT_S = 10.0
 WATCHDOG_USEC = 400_000  # the daemon should ping every 0.2 s
 LEVELS = "(DEBUG|INFO|WARNING|ERROR|CRITICAL)"
-# CONNACK refusals for credentials (MQTT 3.1.1 codes 4/5, MQTT 5 codes 134/135), as each
-# client generation words them; anything else (a network error) is not an auth refusal.
-AUTH_REFUSED = re.compile(r"\[code:(4|5|134|135)\]|not authori[sz]ed", re.IGNORECASE)
 
 
 
