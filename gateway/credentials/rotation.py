@@ -410,6 +410,7 @@ class Rotator:
         else:
             result, retry_at = "interrupted by a gateway restart; retrying", now
         self.store.abandon_rotation(rotation, failed=failed, result=result, retry_at=retry_at)
+        self.on_change()  # views show the outcome now, not after the broker's answer
         await self.dynsec.apply(delete_login_commands([rotation.new_username]))
         outcome = "alert" if result.startswith("alert") else ("failed" if failed else "retry")
         self.store.audit("system", "credential.rotate", outcome, target=rotation.device_id,
@@ -418,4 +419,3 @@ class Rotator:
         if outcome == "alert":
             log.error("credential rotation for %s keeps failing: %s", rotation.device_id,
                       result)
-        self.on_change()
