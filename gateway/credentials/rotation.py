@@ -410,8 +410,7 @@ class Rotator:
         else:
             result, retry_at = "interrupted by a gateway restart; retrying", now
         self.store.abandon_rotation(rotation, failed=failed, result=result, retry_at=retry_at)
-        self.on_change()  # views show the outcome now, not after the broker's answer
-        await self.dynsec.apply(delete_login_commands([rotation.new_username]))
+        # Audit and views show the outcome with the commit, not after the broker's answer.
         outcome = "alert" if result.startswith("alert") else ("failed" if failed else "retry")
         self.store.audit("system", "credential.rotate", outcome, target=rotation.device_id,
                          detail=f"{rotation.new_username} dropped, {rotation.old_username} "
@@ -419,3 +418,5 @@ class Rotator:
         if outcome == "alert":
             log.error("credential rotation for %s keeps failing: %s", rotation.device_id,
                       result)
+        self.on_change()
+        await self.dynsec.apply(delete_login_commands([rotation.new_username]))

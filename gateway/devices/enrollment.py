@@ -187,17 +187,17 @@ class Enrollments:
             token_id, device_id, enrollment.name or hello.name or device_id, hello.kind,
             mac=hello.mac, model=hello.model, firmware=hello.firmware,
             password=hash_password(secret))
+        self.store.audit(f"enroll:{token_id}", "device.enroll", "issued", target=device_id,
+                         detail=f"kind={hello.kind} model={hello.model or '-'} "
+                                f"firmware={hello.firmware or '-'} mac={hello.mac or '-'}")
+        self.on_change()
         await self.dynsec.apply(delete_login_commands(old)
-                          + create_device_login_commands(device_id, username, secret))
+                                + create_device_login_commands(device_id, username, secret))
         version = int(username.rsplit(".", 1)[1])
         await self._answer(token_id, {
             "status": "ok", "device_id": device_id, "client_id": device_id,
             "username": username, "password": secret, "version": version,
             "ack_topic": ack_topic(device_id, version)})
-        self.store.audit(f"enroll:{token_id}", "device.enroll", "delivered", target=device_id,
-                         detail=f"kind={hello.kind} model={hello.model or '-'} "
-                                f"firmware={hello.firmware or '-'} mac={hello.mac or '-'}")
-        self.on_change()
 
     def handle_ack(self, device_id: str, version: int) -> None:
         """The device connected with its first login and acknowledged it."""
@@ -233,7 +233,6 @@ class Enrollments:
     async def _close(self, enrollment: Enrollment, state: str, actor: str) -> None:
         """End an enrollment: its login is deleted, so the token is refused from now on."""
         self.store.update_enrollment(enrollment.id, state=state)
-        await self.dynsec.apply(delete_login_commands([enrollment_username(enrollment.id)]))
         result = {"used": "ok", "expired": "expired", "revoked": "revoked"}[state]
         detail = enrollment.device_id or ""
         if state == "expired" and enrollment.state == "delivered":
@@ -241,6 +240,7 @@ class Enrollments:
         self.store.audit(actor, "enrollment.close", result, target=enrollment.id,
                          detail=detail.strip())
         self.on_change()
+        await self.dynsec.apply(delete_login_commands([enrollment_username(enrollment.id)]))
 
     async def _loop(self) -> None:
         while True:
