@@ -430,7 +430,8 @@ async def idle_tick(lab: Lab, probe: Probe, count: int = 3) -> None:
 
     progress(f"rotation: idle rotator tick with {len(store.devices())} devices "
              f"{sorted(probe.ticks)[len(probe.ticks) // 2] * 1000:.2f} ms every {TICK_S:g} s "
-             f"(of it store.devices() {median_ms(store.devices):.2f} ms)")
+             f"(it reads the cached device view; reading every device from SQLite would "
+             f"take {median_ms(store.devices):.2f} ms)")
 
 
 # -- the figures ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from gateway.broker.render import GATEWAY_USERNAME, BrokerFiles, ListenerSpec, c
 from gateway.config import Config, ConfigError, Listener, load_config
 from gateway.control import ControlError, ControlServer
 from gateway.credentials.pki import Pki, ca_fingerprint, ensure_ca
-from gateway.credentials.rotation import OwnLogin, RotationPolicy, Rotator
+from gateway.credentials.rotation import OwnLogin, RotationPolicy, RotationRefused, Rotator
 from gateway.credentials.secrets import load_or_create_login
 from gateway.devices.enrollment import EnrollmentError, Enrollments
 from gateway.devices.registry import DeviceError
@@ -172,7 +172,8 @@ class Daemon:
                if self.broker is not None else None)  # an external broker's login is not ours
         self.rotator = Rotator(
             self.store, self.session, self.dynsec, policy=rotation_policy(config),
-            last_seen=self.devices.last_seen, on_change=self.devices.reload,
+            last_seen=self.devices.last_seen, devices=self.devices.devices,
+            on_change=self.devices.reload,
             on_enrollment_ack=self.enrollments.handle_ack, own=own)
         self.devices.on_state = self.rotator.device_connected
         self.refused_logins: dict[str, int] = {}  # by address, not yet audited
@@ -459,10 +460,11 @@ class Daemon:
         device_id = str(args.get("id"))
         if self.devices.device(device_id) is None:
             raise ControlError(f"no device {device_id!r}")
-        started = await self.rotator.rotate([device_id], "manual", "admin")
-        if not started:
-            raise ControlError(f"{device_id} is already rotating or has no credential")
-        return {"started": started}
+        try:
+            await self.rotator.rotate_now(device_id, "admin")
+        except RotationRefused as exc:
+            raise ControlError(str(exc)) from None
+        return {"started": [device_id]}
 
     def enrollment_info(self, token_id: str, token: str, expires_at: float) -> dict[str, Any]:
         """What a device needs to enroll: the token, where the broker is, the CA to pin."""

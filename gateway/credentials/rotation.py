@@ -56,6 +56,10 @@ CRASH_ENV = "HOME_GATEWAY_TEST_CRASH_AT"
 STEPS = ("created", "client-created", "offered", "acked", "old-deleted")
 
 
+class RotationRefused(Exception):
+    """A rotation that could not start; str() says why."""
+
+
 @dataclass(frozen=True, slots=True)
 class RotationPolicy:
     period_days: int = 30
@@ -199,6 +203,7 @@ class Offer:
 class Rotator:
     def __init__(self, store: Store, session: MqttSession, dynsec: DynsecClient, *,
                  policy: RotationPolicy, last_seen: Callable[[str], float | None],
+                 devices: Callable[[], Sequence[Device]],
                  on_change: Callable[[], None] = lambda: None,
                  on_enrollment_ack: Callable[[str, int], Any] | None = None,
                  own: OwnLogin | None = None) -> None:
@@ -207,7 +212,10 @@ class Rotator:
         self.dynsec = dynsec
         self.policy = policy
         self.last_seen = last_seen
-        self.on_change = on_change  # the registry changed (for cached views)
+        # The device service's cached view, read every second: `on_change` refreshes it
+        # right after each commit here that changes a device.
+        self.devices = devices
+        self.on_change = on_change
         self.on_enrollment_ack = on_enrollment_ack
         self.own = own
         self._offers: dict[str, Offer] = {}
@@ -230,7 +238,16 @@ class Rotator:
         return {r.device_id: r for r in self.store.rotations()}
 
     def alerts(self) -> list[Device]:
-        return [d for d in self.store.devices() if d.rotation_result.startswith("alert")]
+        return [d for d in self.devices() if d.rotation_result.startswith("alert")]
+
+    async def rotate_now(self, device_id: str, actor: str) -> None:
+        """Start one device's rotation, or raise RotationRefused (audited) saying why not."""
+        if await self.rotate([device_id], "manual", actor):
+            return
+        why = ("is already rotating" if self.store.rotation(device_id) is not None
+               else "has no credential to rotate")
+        self.store.audit(actor, "credential.rotate", "rejected", target=device_id, detail=why)
+        raise RotationRefused(f"{device_id} {why}")
 
     # -- starting rotations --------------------------------------------------------
 
@@ -274,7 +291,7 @@ class Rotator:
 
     async def rotate_all(self, actor: str) -> list[str]:
         """Every device's login, and the gateway's own."""
-        ids = [d.id for d in self.store.devices() if d.status == "adopted" and d.rotated_at]
+        ids = [d.id for d in self.devices() if d.status == "adopted" and d.rotated_at]
         if self.own is not None:  # first: its reconnect would race device acks
             async with self._busy:
                 await self.own.rotate(actor)
@@ -366,7 +383,7 @@ class Rotator:
         async with self._busy:
             in_flight = await self._judge_in_flight(now)
         busy = {r.device_id for r in in_flight}
-        due = [d.id for d in self.store.devices() if d.id not in busy
+        due = [d.id for d in self.devices() if d.id not in busy
                and (at := next_rotation_at(d, self.policy)) is not None and at <= now]
         if due:
             await self.rotate(due, "scheduled", "system")

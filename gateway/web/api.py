@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.credentials.pki import ensure_ca
-from gateway.credentials.rotation import next_rotation_at
+from gateway.credentials.rotation import RotationRefused, next_rotation_at
 from gateway.devices.enrollment import EnrollmentError, qr_payload
 from gateway.devices.kinds import KINDS
 from gateway.devices.registry import DeviceError
@@ -348,14 +348,11 @@ async def send_command(request: web.Request) -> web.StreamResponse:
 async def rotate_device(request: web.Request) -> web.StreamResponse:
     device = device_or_404(request)
     daemon, who = daemon_of(request), principal_of(request)
-    started = await daemon.rotator.rotate([device.id], "manual", who.actor)
-    if not started:  # the core audits what it starts; a refusal is audited here
-        why = ("is already rotating" if daemon.store.rotation(device.id) is not None
-               else "has no credential to rotate")
-        daemon.store.audit(who.actor, "credential.rotate", "rejected", target=device.id,
-                           detail=why)
-        raise HttpError(409, f"{device.id} {why}")
-    return reply({"started": started}, 202)
+    try:
+        await daemon.rotator.rotate_now(device.id, who.actor)
+    except RotationRefused as exc:
+        raise HttpError(409, str(exc)) from None
+    return reply({"started": [device.id]}, 202)
 
 
 async def rotate_all(request: web.Request) -> web.StreamResponse:
