@@ -197,6 +197,7 @@ function wireForm(form) {
     }
     const button = form.querySelector("button");
     if (button) button.disabled = true;
+    if (form.classList.contains("logout") && liveSource) liveSource.close();
     say(form, "…", "");
     const method = form.dataset.method || "POST";
     let res;
@@ -383,10 +384,15 @@ const live = {
   },
 };
 
+// The live stream, closed before logging out: its end would otherwise reload the page
+// and race the logout's own navigation to the login page.
+let liveSource = null;
+
 function follow() {
   const view = document.body.dataset.live;
   if (!view || !window.EventSource) return;
   const source = new EventSource("/api/v1/events");
+  liveSource = source;
   source.addEventListener("snapshot", (event) => live[view](JSON.parse(event.data)));
   source.addEventListener("end", () => { source.close(); location.reload(); });
   // A refused stream (the session ended or timed out) is not retried by the browser:
