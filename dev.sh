@@ -12,6 +12,7 @@ SYSTEM_PACKAGES=(
   mosquitto nftables iproute2 python3 python3-venv python3-pip
   python3-aiohttp python3-asyncio-mqtt python3-paho-mqtt python3-zeroconf python3-sdnotify
   python3-cryptography python3-jinja2 python3-argon2 python3-pyotp python3-segno
+  python3-dnspython conntrack iperf3
   chromium fonts-dejavu-core
 )
 PY=/usr/bin/python3            # Debian's Python, never a pyenv or other Python on PATH

@@ -105,6 +105,14 @@ def cmd_device(args: argparse.Namespace) -> int:
             print("Each keeps its old login until it proves the new one; "
                   "`home-gateway device list` shows the outcome.")
             return 0
+        if args.device_command == "policy":
+            result = _control(args, "device.policy", id=args.id, policy=args.policy,
+                              profile=args.profile)
+            state = "applied" if result["applied"] else "NOT applied"
+            print(f"{result['id']}: {result['policy']}"
+                  f"{' with profile ' + result['profile'] if result['profile'] else ''}; "
+                  f"{state} ({result['firewall']})")
+            return 0 if result["applied"] or "RENDER-ONLY" in result["firewall"] else 1
         if args.device_command == "command":
             params = json.loads(args.params) if args.params else {}
             result = _control(args, "device.command", id=args.id, action=args.action,
@@ -188,17 +196,18 @@ def _device_list(config: Config, as_json: bool) -> int:
                            "mac": d.mac, "ip": d.ip, "last_seen": d.last_seen,
                            "invalid_messages": d.invalid_messages, "state": d.state,
                            "credential_rotated_at": d.rotated_at,
-                           "rotation_result": d.rotation_result}
+                           "rotation_result": d.rotation_result,
+                           "policy": d.policy, "profile": d.profile}
                           for d in devices], indent=2))
         return 0
     now = time.time()
-    print(f"{'ID':<24} {'KIND':<11} {'STATUS':<9} {'INVALID':>7} {'CRED AGE':>8}  "
-          f"{'ROTATION':<10} NAME")
+    print(f"{'ID':<24} {'KIND':<11} {'STATUS':<9} {'POLICY':<10} {'INVALID':>7} "
+          f"{'CRED AGE':>8}  {'ROTATION':<10} NAME")
     for d in devices:
         age = f"{(now - d.rotated_at) / 86400:.0f} d" if d.rotated_at else "none"
         result = d.rotation_result.split(":")[0] or "-"
-        print(f"{d.id:<24} {d.kind:<11} {d.status:<9} {d.invalid_messages:>7} {age:>8}  "
-              f"{result:<10} {d.name}")
+        print(f"{d.id:<24} {d.kind:<11} {d.status:<9} {d.policy:<10} {d.invalid_messages:>7} "
+              f"{age:>8}  {result:<10} {d.name}")
     return 0
 
 
@@ -208,6 +217,110 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConnectionError as exc:
         print(f"home-gateway: {exc}", file=sys.stderr)
         return 3  # LSB: program is not running
+    return 0
+
+
+def cmd_firewall(args: argparse.Namespace) -> int:
+    if args.firewall_command == "render":
+        return _firewall_render(_load(args))
+    if args.firewall_command == "import-mud":
+        return _firewall_import_mud(args)
+    try:
+        status = _control(args, "firewall.status")
+    except ConnectionError as exc:
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    def when(ts: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
+    print(f"mode:        {status['mode']}")
+    print(f"state:       {status['summary']}")
+    if status["problem"]:
+        print(f"problem:     {status['problem']}")
+    print(f"last apply:  {when(status['last_apply'])} ({status['last_reason'] or '-'}, "
+          f"{status['last_apply_ms'] or 0:.0f} ms); {status['applies']} applies, "
+          f"{status['failures']} failures")
+    print(f"drift:       {status['drift_repairs']} repaired"
+          + (f"; last: {status['last_drift']} at {when(status['last_drift_at'])}"
+             if status["last_drift"] else ""))
+    print(f"ruleset:     {status['rules']} rules, {status['elements']} set elements")
+    for warning in status["warnings"]:
+        print(f"warning:     {warning}")
+    print("dropped (packets since the gateway first counted):")
+    for cls, packets in status["dropped"].items():
+        print(f"  {cls:<11} {packets:>10}")
+    for name, answer in status["dns"].items():
+        print(f"dns:         {name} -> {', '.join(answer['addresses']) or 'nothing'} "
+              f"(ttl {answer['ttl_s']} s{'' if answer['ok'] else ', lookup failing'})")
+    return 0 if status["healthy"] or status["mode"] != "enforce" else 1
+
+
+def _firewall_render(config: Config) -> int:
+    """The ruleset the daemon would apply now, from the config, the device registry and
+    the profiles (DNS names unresolved: their sets fill at run time)."""
+    from gateway.firewall.inventory import build_input
+    from gateway.firewall.profiles import SHIPPED_DIR, ProfileError, load_profiles
+    from gateway.firewall.render import RenderError, dns_names, render_ruleset
+    from gateway.store import Store
+
+    if config.network.uplink is None:
+        print(f"home-gateway: {config.source}: network.uplink is not set, so there is no "
+              "firewall to render", file=sys.stderr)
+        return EXIT_INVALID
+    devices = []
+    db = config.gateway.state_dir / "gateway.db"
+    if db.exists():
+        store = Store(db)
+        try:
+            devices = store.devices()
+        finally:
+            store.close()
+    try:
+        profiles = load_profiles(SHIPPED_DIR, config.firewall.profiles_dir)
+        inventory = build_input(config, devices, profiles, {})
+        script = render_ruleset(inventory.input)
+    except (ProfileError, RenderError) as exc:
+        for problem in exc.problems:
+            print(f"home-gateway: {problem}", file=sys.stderr)
+        return 1
+    for problem in inventory.problems:
+        print(f"# warning: {problem}")
+    if not db.exists():
+        print(f"# no device registry at {db} yet: only the policy, no devices")
+    names = sorted(dns_names(inventory.input))
+    if names:
+        print(f"# resolved at run time into the dns_* sets: {', '.join(names)}")
+    print(script, end="")
+    return 0
+
+
+def _firewall_import_mud(args: argparse.Namespace) -> int:
+    """An RFC 8520 MUD file -> a profile file in firewall.profiles_dir (or --output)."""
+    from gateway.firewall.mud import MudError, load_mud
+    from gateway.firewall.profiles import profile_to_toml
+
+    try:
+        imported = load_mud(Path(args.file), args.name)
+    except MudError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    header = f"Imported from the MUD file {args.file}\nMUD URL: {imported.mud_url}"
+    header += "".join(f"\n{note}" for note in imported.notes)
+    text = profile_to_toml(imported.profile, header)
+    if args.output == "-":
+        print(text, end="")
+    else:
+        folder = Path(args.output) if args.output else _load(args).firewall.profiles_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{imported.profile.name}.toml"
+        target.write_text(text)
+        print(f"wrote {target} (profile {imported.profile.name!r}, "
+              f"{len(imported.profile.allow)} allowance(s))")
+    for note in imported.notes:
+        print(note, file=sys.stderr)
     return 0
 
 
@@ -302,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--all", action="store_true", help="every device with a credential")
     lst = dsub.add_parser("list", help="list devices")
     lst.add_argument("--json", action="store_true")
+    policy = dsub.add_parser("policy", help="adopt, quarantine or block a device (firewall)")
+    policy.add_argument("id")
+    policy.add_argument("policy", choices=["quarantine", "restricted", "open", "blocked"])
+    policy.add_argument("--profile", help="the profile for restricted (default: its kind's)")
     command = dsub.add_parser("command", help="send a command and wait for its result")
     command.add_argument("id")
     command.add_argument("action")
@@ -309,6 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
     for subparser in dsub.choices.values():  # `device add X --config P` works too
         subparser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
     device.set_defaults(func=cmd_device)
+
+    firewall = with_config(sub.add_parser("firewall", help="the network guard (nftables)"))
+    fsub = firewall.add_subparsers(dest="firewall_command", required=True)
+    fsub.add_parser("render", help="print the ruleset the gateway would apply now")
+    fstatus = fsub.add_parser("status", help="mode, last apply, drift and drop counters")
+    fstatus.add_argument("--json", action="store_true")
+    mud = fsub.add_parser("import-mud", help="turn an RFC 8520 MUD file into a profile")
+    mud.add_argument("file")
+    mud.add_argument("--name", help="profile name (default: from the file name)")
+    mud.add_argument("--output", metavar="DIR", help="where to write it (default: "
+                     "firewall.profiles_dir; - prints it)")
+    for subparser in fsub.choices.values():
+        subparser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
+    firewall.set_defaults(func=cmd_firewall)
 
     sim = sub.add_parser("sim", help="simulators")
     ssub = sim.add_subparsers(dest="sim_command", required=True)

@@ -31,8 +31,10 @@ __all__ = [
     "ConfigError",
     "DeviceDecl",
     "ExternalBroker",
+    "FirewallConfig",
     "GatewayConfig",
     "Listener",
+    "NetworkConfig",
     "TelemetryConfig",
     "WebConfig",
     "load_config",
@@ -115,13 +117,32 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    uplink: str | None  # None: not configured, so there is nothing to firewall
+    iot: str | None  # None: a single-homed Pi; only the Pi itself is protected
+    iot_subnets: tuple[str, ...]  # normalized CIDRs, e.g. "192.168.50.0/24"
+    lan_subnets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallConfig:
+    mode: str  # "enforce" or "render-only"
+    nft: str  # the nft program
+    profiles_dir: Path  # local profiles; a file here replaces a shipped one of its name
+    log_per_minute: int
+    check_interval_s: int  # how often the table is read back to find drift
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceDecl:
     id: str
     name: str
     kind: str
     mac: str | None  # lower-case, colon-separated
-    ip: str | None  # a normalized IPv4 or IPv6 literal
+    ip: str | None  # normalized IPv4/IPv6 literals, space-separated
     rotation_days: int | None  # None: credentials.rotation_days
+    policy: str | None  # None: as set on the admin page (new devices start quarantined)
+    profile: str | None  # None: the profile named after the device's kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +152,8 @@ class Config:
     credentials: CredentialsConfig
     web: WebConfig
     telemetry: TelemetryConfig
+    network: NetworkConfig
+    firewall: FirewallConfig
     devices: tuple[DeviceDecl, ...]
     source: Path
 
@@ -341,6 +364,43 @@ class IPAddress(Spec):
         if address is None:
             raise _Invalid("is not an IP address")
         return address
+
+
+class Network(Spec):
+    types = (str,)
+    expected = 'an IPv4 or IPv6 network such as "192.168.50.0/24" or "fd00:50::/64"'
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        try:
+            return str(ipaddress.ip_network(value))
+        except ValueError:
+            pass
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise _Invalid("is not a network") from None
+        raise _Invalid(f"has host bits set (the network is {network})")
+
+
+class IPAddresses(Spec):
+    """One address, or an array of them (a device's IPv4 and IPv6 addresses)."""
+
+    types = (str, list)
+    expected = ('an IP address or an array of them, such as "192.168.50.20" or '
+                '["192.168.50.20", "fd00:50::20"]')
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise _Invalid("is empty")
+        out = []
+        for item in items:
+            address = _ip(item) if isinstance(item, str) else None
+            if address is None:
+                raise _Invalid("is not an IP address" if isinstance(value, str)
+                               else f"holds {_show(item)}, not an IP address")
+            out.append(address)
+        return " ".join(dict.fromkeys(out))
 
 
 class MacAddress(Spec):
@@ -567,9 +627,47 @@ def _external_broker(
 
 
 def _device(*, id: str, name: str | None, kind: str, mac: str | None, ip: str | None,
-            rotation_days: int | None) -> DeviceDecl:
+            rotation_days: int | None, policy: str | None, profile: str | None) -> DeviceDecl:
     return DeviceDecl(id=id, name=id if name is None else name, kind=kind, mac=mac, ip=ip,
-                      rotation_days=rotation_days)
+                      rotation_days=rotation_days, policy=policy, profile=profile)
+
+
+def _network_rules(values: Mapping[str, Any], ctx: _Ctx, key: str) -> None:
+    uplink, iot = values["uplink"], values["iot"]
+    if iot is not None and uplink is None:
+        ctx.report(_join(key, "uplink"), "missing", "the uplink interface when network.iot is set")
+    if iot is not None and iot == uplink:
+        ctx.report(_join(key, "iot"), f"{_show(iot)} is also the uplink",
+                   "a different interface from network.uplink")
+    if iot is not None and values["iot_subnets"] == ():
+        ctx.report(_join(key, "iot_subnets"), "missing",
+                   "the IoT segment's subnets when network.iot is set")
+    iot_nets, lan_nets = values["iot_subnets"], values["lan_subnets"]
+    if isinstance(iot_nets, tuple) and isinstance(lan_nets, tuple):
+        for i, text in enumerate(iot_nets):
+            net = ipaddress.ip_network(text)
+            for lan in lan_nets:
+                if net.overlaps(ipaddress.ip_network(lan)):
+                    ctx.report(f"{_join(key, 'iot_subnets')}[{i}]",
+                               f"{_show(text)} overlaps the LAN subnet {_show(lan)}",
+                               "IoT and LAN subnets that do not overlap")
+
+
+def _web_not_on_iot(values: Mapping[str, Any], ctx: _Ctx, key: str) -> None:
+    """The admin page must never be served on the devices' segment."""
+    web, network = values["web"], values["network"]
+    if not isinstance(web, WebConfig) or not isinstance(network, NetworkConfig):
+        return
+    for i, listen in enumerate(web.listen):
+        host = listen.rpartition(":")[0].strip("[]")
+        if host == "localhost":
+            continue
+        address = ipaddress.ip_address(host)
+        for net in network.iot_subnets:
+            if address in ipaddress.ip_network(net):
+                ctx.report(f"web.listen[{i}]", f"{_show(listen)} is inside the IoT subnet "
+                           f"{_show(net)}", "an address on the LAN side: devices must not "
+                           "reach the admin page")
 
 
 def _listener(*, address: str, port: int, tls: bool | None) -> Listener:
@@ -652,6 +750,33 @@ _TELEMETRY = Table(
     },
 )
 
+_INTERFACE = Text("a network interface name of 1 to 15 characters from A-Z, a-z, 0-9, "
+                  '"_", "." and "-"', 15, r"[A-Za-z0-9_.-]{1,15}")
+_PROFILE_NAME = Text('a profile name of 1 to 40 characters from a-z, 0-9, "_" and "-"', 40,
+                     r"[a-z0-9][a-z0-9_-]{0,39}")
+
+_NETWORK = Table(
+    NetworkConfig,
+    {
+        "uplink": Key(_INTERFACE, None),
+        "iot": Key(_INTERFACE, None),
+        "iot_subnets": Key(ListOf(Network(), "an array of network strings", [Unique()]), []),
+        "lan_subnets": Key(ListOf(Network(), "an array of network strings", [Unique()]), []),
+    },
+    rules=[_network_rules],
+)
+
+_FIREWALL = Table(
+    FirewallConfig,
+    {
+        "mode": Key(Choice("enforce", "render-only"), "enforce"),
+        "nft": Key(Text("a program path"), "/usr/sbin/nft"),
+        "profiles_dir": Key(FilePath("a directory path"), "/etc/home-gateway/profiles"),
+        "log_per_minute": Key(Integer(1, 10000), 10),
+        "check_interval_s": Key(Integer(1, 3600), 30),
+    },
+)
+
 _DEVICE = Table(
     _device,
     {
@@ -659,8 +784,10 @@ _DEVICE = Table(
         "name": Key(Text("a name of 1 to 64 characters", 64), None),  # None: the id
         "kind": Key(Choice(*sorted(KINDS))),
         "mac": Key(MacAddress(), None),
-        "ip": Key(IPAddress(), None),
+        "ip": Key(IPAddresses(), None),
         "rotation_days": Key(_ROTATION_DAYS, None),  # None: credentials.rotation_days
+        "policy": Key(Choice("quarantine", "restricted", "open", "blocked"), None),
+        "profile": Key(_PROFILE_NAME, None),  # None: the profile named after the kind
     },
 )
 
@@ -672,6 +799,8 @@ _ROOT = Table(
         "credentials": Key(_CREDENTIALS, {}),
         "web": Key(_WEB, {}),
         "telemetry": Key(_TELEMETRY, {}),
+        "network": Key(_NETWORK, {}),
+        "firewall": Key(_FIREWALL, {}),
         "devices": Key(
             ListOf(
                 _DEVICE,
@@ -681,6 +810,7 @@ _ROOT = Table(
             [],
         ),
     },
+    rules=[_web_not_on_iot],
 )
 
 

@@ -40,6 +40,7 @@ from gateway.devices.topics import (
     parse_enroll_topic,
 )
 from gateway.devices.validate import Limits
+from gateway.firewall.manager import Firewall, PolicyError
 from gateway.mqtt import Endpoint, MqttSession, Will
 from gateway.store import Store
 from gateway.systemd import Notifier
@@ -176,6 +177,9 @@ class Daemon:
             on_change=self.devices.reload,
             on_enrollment_ack=self.enrollments.handle_ack, own=own)
         self.devices.on_state = self.rotator.device_connected
+        self.firewall = Firewall(config, self.store, self.devices.devices,
+                                 on_change=self.devices.reload,
+                                 on_health=lambda: self.notifier.status(self.status_line()))
         self.refused_logins: dict[str, int] = {}  # by address, not yet audited
         self.refused_total = 0
         self.rates = MessageRate(lambda: self.devices.counters.accepted)
@@ -190,6 +194,8 @@ class Daemon:
             "device.command": self._op_device_command,
             "device.enroll": self._op_device_enroll,
             "device.rotate": self._op_device_rotate,
+            "device.policy": self._op_device_policy,
+            "firewall.status": self._op_firewall_status,
             "setup.code": self._op_setup_code,
         })
         self.setup_code: str | None = None
@@ -233,6 +239,7 @@ class Daemon:
                 "plaintext_listeners": [f"{x.address}:{x.port}" for x in plaintext_listeners(
                     self.config)],
             },
+            "firewall": {**self.firewall.status(), "summary": self.firewall.summary()},
             "web": {"urls": list(self.web.urls),
                     "setup_pending": bool(self.web.urls) and self.accounts.needs_setup()},
             "messages": {"accepted": c.accepted, "rejected": c.rejected, "unknown": c.unknown,
@@ -246,7 +253,8 @@ class Daemon:
             return f"Degraded: {broker}; reconnecting"
         d, m = s["devices"], s["messages"]
         return (f"Running: {d['online']}/{d['total']} devices online, "
-                f"{m['accepted']} messages accepted, {m['rejected']} rejected")
+                f"{m['accepted']} messages accepted, {m['rejected']} rejected; "
+                f"{s['firewall']['summary']}")
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -266,6 +274,8 @@ class Daemon:
                 f" ({self.session.last_error or 'no answer'})") from None
         await self.devices.sync_declared(self.config.devices)
         await self.devices.start()
+        self.notifier.status("Applying the firewall")
+        await self.firewall.start()
         await self.enrollments.start()
         await self.rotator.start()
         for listener in plaintext_listeners(self.config):
@@ -295,6 +305,7 @@ class Daemon:
         await self.control.stop()
         await self.rotator.stop()
         await self.enrollments.stop()
+        await self.firewall.stop()
         await self.devices.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.session.publish(STATUS_TOPIC, b"offline", 1, True), 1)
@@ -359,6 +370,7 @@ class Daemon:
             self.rotator.policy = rotation_policy(new)
             self.enrollments.ttl_s = new.credentials.enrollment_minutes * 60.0
         await self.devices.sync_declared(new.devices)
+        await self.firewall.reconfigure(new)
         self.store.audit("system", "config.reload", "ok")
         log.info("configuration reloaded from %s", self.config_path)
         self.notifier.ready(self.status_line())
@@ -465,6 +477,17 @@ class Daemon:
         except RotationRefused as exc:
             raise ControlError(str(exc)) from None
         return {"started": [device_id]}
+
+    async def _op_device_policy(self, args: dict[str, Any]) -> Any:
+        profile = args.get("profile")
+        try:
+            return await self.firewall.set_policy(str(args.get("id")), str(args.get("policy")),
+                                                  str(profile) if profile else None, "admin")
+        except PolicyError as exc:
+            raise ControlError(str(exc)) from None
+
+    async def _op_firewall_status(self, args: dict[str, Any]) -> Any:
+        return {**self.firewall.status(), "summary": self.firewall.summary()}
 
     def enrollment_info(self, token_id: str, token: str, expires_at: float) -> dict[str, Any]:
         """What a device needs to enroll: the token, where the broker is, the CA to pin."""

@@ -146,6 +146,13 @@ MIGRATIONS: tuple[str, ...] = (
         failures    INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # v4: the network guard. A device's firewall policy and profile; every device starts
+    # quarantined (it reaches only the gateway's own services) until it is adopted.
+    """
+    ALTER TABLE devices ADD COLUMN policy TEXT NOT NULL DEFAULT 'quarantine'
+        CHECK (policy IN ('quarantine', 'restricted', 'open', 'blocked'));
+    ALTER TABLE devices ADD COLUMN profile TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -162,7 +169,7 @@ class Device:
     status: str
     source: str
     mac: str | None
-    ip: str | None
+    ip: str | None  # its addresses (IPv4 and IPv6), space-separated
     created_at: float
     first_seen: float | None
     last_seen: float | None
@@ -176,6 +183,12 @@ class Device:
     rotation_failures: int  # consecutive failed rotation attempts
     rotation_retry_at: float | None
     rotation_result: str  # "", "ok", "failed: …", "alert: …"
+    policy: str  # the firewall's: quarantine, restricted, open or blocked
+    profile: str | None  # None: the profile named after the kind
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(self.ip.split()) if self.ip else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +385,16 @@ class Store:
     def set_device_status(self, id: str, status: str) -> None:
         with self.transaction():
             self.db.execute("UPDATE devices SET status = ? WHERE id = ?", (status, id))
+
+    def set_device_addresses(self, id: str, mac: str | None, ip: str | None) -> None:
+        """What the network says a device uses (normalized: see registry.normalize_ip)."""
+        with self.transaction():
+            self.db.execute("UPDATE devices SET mac = ?, ip = ? WHERE id = ?", (mac, ip, id))
+
+    def set_device_policy(self, id: str, policy: str, profile: str | None) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE devices SET policy = ?, profile = ? WHERE id = ?",
+                            (policy, profile, id))
 
     def save_device_activity(self, rows: Iterable[tuple[str, float, int, str]]) -> None:
         """(device id, last seen, invalid messages, state JSON) for devices seen lately."""

@@ -29,10 +29,17 @@ def normalize_mac(mac: str) -> str:
 
 
 def normalize_ip(ip: str) -> str:
-    try:
-        return str(ipaddress.ip_address(ip))
-    except ValueError:
-        raise DeviceError(f"{ip!r} is not an IPv4 or IPv6 address") from None
+    """One address, or several (IPv4 and IPv6) separated by spaces or commas -> normalized
+    and space-separated, as the registry keeps them."""
+    out = []
+    for part in ip.replace(",", " ").split():
+        try:
+            out.append(str(ipaddress.ip_address(part)))
+        except ValueError:
+            raise DeviceError(f"{part!r} is not an IPv4 or IPv6 address") from None
+    if not out:
+        raise DeviceError("no IP address given")
+    return " ".join(dict.fromkeys(out))
 
 
 def check_device(id: str, kind: str) -> None:

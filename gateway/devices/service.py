@@ -301,6 +301,11 @@ class DeviceService:
                 self.registry.add(decl.id, decl.kind, name=decl.name, source="config",
                                   mac=decl.mac, ip=decl.ip, actor="config")
                 self.store.set_rotation_days(decl.id, decl.rotation_days)
+                if decl.policy is not None or decl.profile is not None:
+                    current = self.store.device(decl.id)
+                    assert current is not None
+                    self.store.set_device_policy(decl.id, decl.policy or current.policy,
+                                                 decl.profile or current.profile)
             except DeviceError as exc:
                 log.error("config: device %s: %s", decl.id, exc)
         for device in self.store.devices():

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal, TypeAlias
 
 __all__ = [
+    "ADOPTED",
     "DROP_CLASSES",
     "HOST_NAME",
     "POLICIES",
@@ -38,11 +39,12 @@ TABLE = "home_gateway"  # the only nft table the gateway ever creates, changes o
 IPAddress: TypeAlias = IPv4Address | IPv6Address
 IPNetwork: TypeAlias = IPv4Network | IPv6Network
 Protocol: TypeAlias = Literal["tcp", "udp", "icmp"]
-Policy: TypeAlias = Literal["quarantine", "restricted", "open"]
+Policy: TypeAlias = Literal["quarantine", "restricted", "open", "blocked"]
 PortRange: TypeAlias = tuple[int, int]  # inclusive: (443, 443) is one port
 
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp", "icmp")
-POLICIES: tuple[Policy, ...] = ("quarantine", "restricted", "open")
+POLICIES: tuple[Policy, ...] = ("quarantine", "restricted", "open", "blocked")
+ADOPTED: tuple[Policy, ...] = ("restricted", "open")  # may leave the segment, have peers
 
 # A DNS name as profiles and MUD files give it: lower case, no trailing dot (RFC 6991's
 # domain-name, which allows "_").

@@ -18,6 +18,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TypeVar
 
 from gateway.firewall.model import (
+    ADOPTED,
     DROP_CLASSES,
     HOST_NAME,
     POLICIES,
@@ -141,7 +142,7 @@ def _check_devices(inp: FirewallInput) -> list[str]:
         seen_id.add(dev.id)
         if dev.policy not in POLICIES:
             problems.append(f"{where}: policy {dev.policy!r} "
-                            "(expected quarantine, restricted or open)")
+                            "(expected quarantine, restricted, open or blocked)")
         if dev.profile is not None and dev.profile not in inp.profiles:
             problems.append(f"{where}: profile {dev.profile!r} is not loaded")
         if dev.mac is not None:
@@ -338,8 +339,8 @@ def _egress_groups(inp: FirewallInput) -> tuple[_Group, _Group, _Timeouts]:
 
 
 def _lateral_groups(inp: FirewallInput) -> _Group:
-    """Device -> device pairs that a (non-quarantined) device's profile allows."""
-    reachable = [d for d in inp.devices if d.policy != "quarantine"]
+    """Device -> device pairs that an adopted device's profile allows (to adopted ones)."""
+    reachable = [d for d in inp.devices if d.policy in ADOPTED]
     by_id = {d.id: d for d in reachable}
     by_kind: dict[str, list[DeviceRule]] = {}
     for d in reachable:
@@ -416,7 +417,7 @@ def _device_sets(inp: FirewallInput) -> list[_Set]:
     sets: list[_Set] = []
     devices = sorted(inp.devices, key=lambda d: d.id)
     verdicts = {"quarantine": "goto drop_quarantine", "restricted": "goto egress_restricted",
-                "open": "accept"}
+                "open": "accept", "blocked": "goto drop_quarantine"}
     static, _, _ = _egress_groups(inp)
     lateral = _lateral_groups(inp)
     dns_sets = {s.name: s for s in _dns_sets(inp)}
@@ -426,8 +427,10 @@ def _device_sets(inp: FirewallInput) -> list[_Set]:
         sets.append(_Set(f"policy_v{v}", f"{addr} : verdict", (), tuple(
             _Element(f"{ip} comment \"{d.id}\" : {verdicts[d.policy]}") for ip, d in policy),
             is_map=True))
-        adopted = [ip for d in devices if d.policy != "quarantine" for ip in d.ips]
+        adopted = [ip for d in devices if d.policy in ADOPTED for ip in d.ips]
         sets.append(_addr_set(f"adopted_v{v}", v, adopted))
+        blocked = [ip for d in devices if d.policy == "blocked" for ip in d.ips]
+        sets.append(_addr_set(f"blocked_v{v}", v, blocked))
         bound = [(ip, d.mac) for d in devices if d.mac for ip in _same_family(d.ips, v)]
         sets.append(_addr_set(f"bound_ip_v{v}", v, [ip for ip, _ in bound]))
         sets.append(_Set(f"bound_mac_v{v}", "ether_addr", (), tuple(
@@ -562,6 +565,10 @@ def _iot_chains(up: str, iot: str, masquerade: bool) -> list[list[str]]:
             "ip saddr . ether saddr != @bind_v4 goto drop_spoof",
             "ether saddr @bound_mac_v6 ip6 saddr != { ::, fe80::/10 } "
             "ip6 saddr . ether saddr != @bind_v6 goto drop_spoof",
+            # A blocked device reaches nothing, not even the gateway's services; before
+            # connection tracking, so its open connections end too.
+            "ip saddr @blocked_v4 goto drop_quarantine",
+            "ip6 saddr @blocked_v6 goto drop_quarantine",
         ]),
         _chain("in_iot", [
             "ct state established,related accept",

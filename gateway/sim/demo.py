@@ -85,6 +85,31 @@ async def _rotations(lab: Lab) -> None:
             f"{agent.longest_offline_s * 1000:.0f} ms at most)")
 
 
+# A made-up network (documentation ranges) for the firewall to render, never to apply.
+DEMO_NETWORK = """
+[network]
+uplink = "demo-lan0"
+iot = "demo-iot0"
+iot_subnets = ["192.0.2.0/24", "2001:db8:1::/64"]
+lan_subnets = ["198.51.100.0/24", "2001:db8:2::/64"]
+
+[firewall]
+mode = "render-only"
+"""
+
+
+async def _place_on_network(lab: Lab) -> None:
+    """Give the simulated devices addresses (as DHCP would) and adopt every other one."""
+    daemon = lab.daemon
+    for i, agent in enumerate(lab.fleet.devices):
+        daemon.store.set_device_addresses(
+            agent.id, f"02:00:5e:00:53:{i + 16:02x}", f"192.0.2.{i + 16} 2001:db8:1::{i + 16:x}")
+        daemon.devices.reload()
+        if i % 2 == 0:
+            await daemon.firewall.set_policy(agent.id, "restricted", None, "demo")
+    await daemon.firewall.apply("demo devices placed")
+
+
 def _web_port(preferred: int = 8080) -> int:
     with socket.socket() as sock:
         try:
@@ -105,7 +130,7 @@ async def run_demo(state_dir: str | None, devices: int = 6,
         device_port = free_port()
         extra = (f'\n[[broker.listeners]]\naddress = "127.0.0.1"\nport = {device_port}\n'
                  'tls = true\n\n'
-                 f'[web]\nlisten = ["127.0.0.1:{_web_port()}"]\n')
+                 f'[web]\nlisten = ["127.0.0.1:{_web_port()}"]\n{DEMO_NETWORK}')
         lab = await start_lab(Path(state_dir).resolve(), extra_config=extra)
         daemon = lab.daemon
         say(f"home-gateway demo: state in {state_dir}")
@@ -120,6 +145,11 @@ async def run_demo(state_dir: str | None, devices: int = 6,
         say(f"{devices} simulated devices enrolled with one-time tokens over TLS (port "
             f"{device_port}, the gateway's CA pinned), each with its own login: "
             + ", ".join(d.id for d in lab.fleet.devices))
+        await _place_on_network(lab)
+        say(f"{daemon.firewall.summary()}: the demo renders the ruleset for a made-up IoT "
+            "segment (192.0.2.0/24) and applies nothing to this machine; half the devices "
+            "are adopted with their kind's profile, the rest wait in quarantine "
+            "(Network page, `home-gateway firewall render`)")
         say(f"every {ROTATE_EVERY_S:.0f} s one device's login is rotated; the old one is "
             "deleted only after the device proves the new one")
         say("demo-rogue is a misbehaving sensor: every 20 s it sends garbage, which is dropped.")

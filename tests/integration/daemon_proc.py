@@ -185,6 +185,7 @@ class Gateway:
     root: Path  # inside tmp_path: state, config, captured stderr
     short: Path  # under /tmp: the notify socket and the runtime dir (control socket)
     port: int = field(default_factory=free_port)
+    prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NS): run it elsewhere
     proc: subprocess.Popen[bytes] | None = None
     notify: NotifySocket = field(init=False)
 
@@ -236,7 +237,8 @@ class Gateway:
         self.stderr_path.touch()
         with self.stderr_path.open("ab") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+                [*self.prefix, sys.executable, "-m", "gateway", "run", "--config",
+                 str(self.config)],
                 env={**self.daemon_env(journal), **env}, cwd=self.root,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         return self.proc

@@ -1,18 +1,27 @@
-"""A small home network in network namespaces, with the gateway's ruleset applied in `gw`.
+"""A small home network in network namespaces, guarded by the gateway daemon itself.
 
-    wan:  the home router (br0, 10.90.0.1) and "the internet" (172.31.0.x, fd9f::x on lo)
+    wan:  the home router (br0, 10.90.0.1), "the internet" (172.31.0.x, fd9f::x on lo) and
+          its DNS server (172.31.0.53), which the test can point names elsewhere
       |  home LAN 10.90.0.0/24, fd90::/64 (the gateway's uplink side)
       +-- lan: a Home Assistant/admin host, 10.90.0.20
-      +-- gw:  up0 10.90.0.2 | iot0 10.91.0.1, forwarding on, the rules under test
+      +-- gw:  up0 10.90.0.2 | iot0 10.91.0.1, forwarding on; `home-gateway run` with
+               firewall.mode = "enforce": its broker (device listener on the IoT side, Home
+               Assistant's on the LAN side), its admin page, and the rules under test
                                  |  IoT segment 10.91.0.0/24, fd91::/64
     iot:  a switch (br0) whose device ports are isolated, as on an AP with client isolation
       +-- cam, sensor, plug, bulb: one namespace per device, /32 and /128 addresses routed
           via gw, so device-to-device traffic crosses the gateway as it must
       +-- stranger: a device the inventory does not know
 
+The daemon's config declares the devices (cam and sensor restricted with lab profiles,
+bulb open; plug gets no policy in the file, so it starts quarantined and can be changed
+with `home-gateway device policy`). Its `nft` is a wrapper that passes everything to the
+real nft unless the test writes a fault into `Net.fault`.
+
 Every namespace name starts with a random `hg-xxxxxx-` prefix. Teardown always kills the
-processes the lab started (by PID) and deletes its namespaces, also after a failure.
-Needs root: without it the tests are skipped, or fail when CI=true.
+processes the lab started (by PID: the daemon, its Mosquitto, the servers) and deletes its
+namespaces and /etc/netns entries, also after a failure. Needs root: without it the tests
+are skipped, or fail when CI=true.
 """
 
 from __future__ import annotations
@@ -24,42 +33,40 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.firewall.model import (
-    Allow,
-    DeviceRule,
-    FirewallInput,
-    Peer,
-    Profile,
-    Resolution,
-    Services,
-)
-from gateway.firewall.render import parse_counters, render_ruleset
+from gateway.control import request
+from gateway.firewall.render import parse_counters
+from tests.integration.daemon_proc import Gateway
+from tests.polling import wait_until
 
 NFT = shutil.which("nft") or "/usr/sbin/nft"
 PROBE_TIMEOUT = 1.5  # seconds a probe waits for an answer; the namespaces answer in << 1 ms
 CMD_TIMEOUT = 20.0
+SETTLE_S = 20.0  # how long the daemon may take to (re)apply its table
 
-ADMIN, HA, BROKER, NOT_A_SERVICE = 8080, 1884, 1883, 2222
+# The gateway's own services (the daemon listens on them) and a port nothing may reach.
+ADMIN, HA, BROKER, NOT_A_SERVICE = 8080, 1884, 8883, 2222
 CLOUD, CLOUD_OTHER = "172.31.0.10", "172.31.0.99"
 CLOUD6, CLOUD_OTHER6 = "fd9f::10", "fd9f::99"
 DNS_OLD, DNS_NEW, DNS_OLD6, DNS_NEW6 = "172.31.0.20", "172.31.0.30", "fd9f::20", "fd9f::30"
+DNS_SERVER = "172.31.0.53"
 ATTACKER, ATTACKER6 = "172.31.0.66", "fd9f::66"  # internet hosts that probe the home
 ROUTER, ROUTER6 = "10.90.0.1", "fd90::1"
 GW_UP, GW_UP6, GW_IOT, GW_IOT6 = "10.90.0.2", "fd90::2", "10.91.0.1", "fd91::1"
 LAN_HOST, LAN_HOST6 = "10.90.0.20", "fd90::20"
 CLOUD_NAME = "cloud.lab.test"
+DNS_TTL = 2  # seconds: the daemon re-resolves at half of it
 
 WAN_TCP = [80, 8443, 8444, 8883]
 WAN_UDP = [123, 1900, 5351, 9999]
-GW_TCP = [ADMIN, HA, BROKER, NOT_A_SERVICE, 53]
+GW_TCP = [NOT_A_SERVICE, 53]  # echo servers beside the daemon (DNS stands in for dnsmasq)
 GW_UDP = [53, 67, 123, 1900, 5351]
 DEVICE_TCP = [22, 80, 7000]
 DEVICE_UDP = [5000, 5683]
@@ -73,50 +80,105 @@ class Device:
     mac: str
     kind: str
     policy: str | None  # None: not in the inventory
+    profile: str | None = None
 
 
 DEVICES = (
-    Device("cam", "10.91.0.11", "fd91::11", "02:48:47:00:00:11", "camera", "restricted"),
-    Device("sensor", "10.91.0.12", "fd91::12", "02:48:47:00:00:12", "sensor", "restricted"),
+    Device("cam", "10.91.0.11", "fd91::11", "02:48:47:00:00:11", "camera", "restricted",
+           "lab-cam"),
+    Device("sensor", "10.91.0.12", "fd91::12", "02:48:47:00:00:12", "sensor", "restricted",
+           "lab-empty"),
     Device("plug", "10.91.0.13", "fd91::13", "02:48:47:00:00:13", "plug", "quarantine"),
     Device("bulb", "10.91.0.14", "fd91::14", "02:48:47:00:00:14", "bulb", "open"),
     Device("stranger", "10.91.0.50", "fd91::50", "02:48:47:00:00:50", "plug", None),
 )
 DEV = {d.role: d for d in DEVICES}
 
-CAM_PROFILE = Profile(
-    "lab-cam",
-    allow=(
-        Allow("tcp", ((8443, 8443),), cidr=ip_network(CLOUD)),
-        Allow("udp", ((9999, 9999),), cidr=ip_network(CLOUD)),
-        Allow("tcp", ((8443, 8443),), cidr=ip_network(CLOUD6)),
-        Allow("udp", ((9999, 9999),), cidr=ip_network(CLOUD6)),
-        Allow("tcp", ((8883, 8883),), host=CLOUD_NAME),
-    ),
-    peers=(Peer("tcp", ((7000, 7000),), kind="sensor"),
-           Peer("tcp", ((7000, 7000),), kind="plug")),  # plug is quarantined: stays cut off
-)
+PROFILES = {
+    "lab-cam": f"""description = "The lab camera: its cloud, by address and by name"
+[[allow]]
+cidr = "{CLOUD}"
+protocol = "tcp"
+ports = [8443]
+[[allow]]
+cidr = "{CLOUD}"
+protocol = "udp"
+ports = [9999]
+[[allow]]
+cidr = "{CLOUD6}"
+protocol = "tcp"
+ports = [8443]
+[[allow]]
+cidr = "{CLOUD6}"
+protocol = "udp"
+ports = [9999]
+[[allow]]
+host = "{CLOUD_NAME}"
+protocol = "tcp"
+ports = [8883]
+[[peer]]
+kind = "sensor"
+protocol = "tcp"
+ports = [7000]
+[[peer]]
+kind = "plug"   # the plug is quarantined: it stays cut off all the same
+protocol = "tcp"
+ports = [7000]
+""",
+    "lab-empty": 'description = "Nothing beyond the gateway"\n',
+}
 
 
-def firewall_input(dns: dict[str, Resolution] | None = None) -> FirewallInput:
-    """The gateway's view of the lab."""
-    devices = tuple(
-        DeviceRule(d.role, (ip_address(d.v4), ip_address(d.v6)), d.policy,
-                   mac=d.mac, kind=d.kind, profile="lab-cam" if d.role == "cam" else
-                   ("lab-empty" if d.policy == "restricted" else None))
-        for d in DEVICES if d.policy is not None
-    )
-    if dns is None:
-        dns = {CLOUD_NAME: Resolution((ip_address(DNS_OLD), ip_address(DNS_OLD6)), 600)}
-    return FirewallInput(
-        uplink="up0", iot="iot0",
-        iot_subnets=(ip_network("10.91.0.0/24"), ip_network("fd91::/64")),
-        lan_subnets=(ip_network("10.90.0.0/24"), ip_network("fd90::/64")),
-        services=Services(admin_tcp=(ADMIN,), ha_tcp=(HA,), device_tcp=(BROKER,)),
-        devices=devices,
-        profiles={"lab-cam": CAM_PROFILE, "lab-empty": Profile("lab-empty")},
-        dns=dns,
-    )
+def daemon_config(nft: Path, profiles: Path) -> str:
+    """What the daemon in gw is told (after the state dir and its loopback listener)."""
+    listeners = "".join(
+        f'\n[[broker.listeners]]\naddress = "{address}"\nport = {port}\n'
+        for address, port in ((GW_IOT, BROKER), (GW_IOT6, BROKER), (GW_UP, HA), (GW_UP6, HA)))
+    devices = ""
+    for d in DEVICES:
+        if d.policy is None:
+            continue
+        devices += (f'\n[[devices]]\nid = "{d.role}"\nkind = "{d.kind}"\nmac = "{d.mac}"\n'
+                    f'ip = ["{d.v4}", "{d.v6}"]\n')
+        if d.role != "plug":  # the plug's policy is left to the admin: it starts quarantined
+            devices += f'policy = "{d.policy}"\n'
+        if d.profile:
+            devices += f'profile = "{d.profile}"\n'
+
+    return f"""{listeners}
+[web]
+listen = ["{GW_UP}:{ADMIN}", "[{GW_UP6}]:{ADMIN}"]
+
+[network]
+uplink = "up0"
+iot = "iot0"
+iot_subnets = ["10.91.0.0/24", "fd91::/64"]
+lan_subnets = ["10.90.0.0/24", "fd90::/64"]
+
+[firewall]
+mode = "enforce"
+nft = "{nft}"
+profiles_dir = "{profiles}"
+check_interval_s = 1
+{devices}"""
+
+
+NFT_WRAPPER = """#!/bin/sh
+# The real nft, unless the test wrote a fault into {fault}:
+#   fail    every `nft -f` (not `nft -c`) fails, as if the kernel refused the ruleset
+#   tamper  the next `nft -f` lands, then a rule is added behind the gateway's back (once)
+fault=$(cat {fault} 2>/dev/null)
+if [ "$1" = "-f" ] && [ "$fault" = "fail" ]; then
+    echo "Error: injected fault: the kernel refused the ruleset" >&2
+    exit 1
+fi
+if [ "$1" = "-f" ] && [ "$fault" = "tamper" ]; then
+    rm -f {fault}
+    {nft} "$@" || exit
+    exec {nft} add rule inet home_gateway in_iot tcp dport {port} accept
+fi
+exec {nft} "$@"
+"""
 
 
 # --- scripts run inside the namespaces (standard library only) -----------------------------
@@ -183,6 +245,8 @@ async def one(p):
                 s.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
             s.bind((p["src"], 0))
         await loop.sock_connect(s, (p["dst"], p["port"]))
+        if p.get("connect"):  # a real service of the gateway: the handshake is the answer
+            return True
         await loop.sock_sendall(s, token)
         data = b""
         while not data.endswith(b"\n"):
@@ -202,6 +266,39 @@ async def main():
     print(json.dumps(await asyncio.gather(*(one(p) for p in probes))))
 
 asyncio.run(main())
+"""
+
+DNS = r"""
+import json, socket, struct, sys
+# A tiny authoritative DNS server: answers A/AAAA from a JSON file re-read per query,
+# {"name": {"A": [...], "AAAA": [...]}}, with a fixed TTL; NXDOMAIN for other names.
+addr, zone_file, ttl = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, 53))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(512)
+    try:
+        ident, flags, qd = struct.unpack("!HHH", q[:6])
+        i, labels = 12, []
+        while q[i]:
+            labels.append(q[i + 1:i + 1 + q[i]].decode().lower())
+            i += 1 + q[i]
+        qtype = struct.unpack("!H", q[i + 1:i + 3])[0]
+        question = q[12:i + 5]
+        zone = json.load(open(zone_file))
+        name = ".".join(labels)
+        rtype = {1: "A", 28: "AAAA"}.get(qtype)
+        records = zone.get(name, {}).get(rtype, []) if rtype else []
+        family = socket.AF_INET if qtype == 1 else socket.AF_INET6
+        answers = b"".join(struct.pack("!HHHIH", 0xC00C, qtype, 1, ttl, 4 if qtype == 1 else 16)
+                           + socket.inet_pton(family, r) for r in records)
+        rcode = 0 if name in zone else 3
+        head = struct.pack("!HHHHHH", ident, 0x8400 | (flags & 0x0100) | rcode, 1,
+                           len(records), 0, 0)
+        s.sendto(head + question + answers, peer)
+    except (IndexError, struct.error, ValueError, OSError):
+        pass
 """
 
 SWEEP = r"""
@@ -314,25 +411,28 @@ class Lab:
                timeout: float = CMD_TIMEOUT) -> str:
         return self.exec(role, sys.executable, "-c", code, *args, timeout=timeout).stdout
 
-    def spawn_server(self, role: str, tcp: Sequence[int], udp: Sequence[int],
-                     addrs: Sequence[str]) -> Path:
-        """Start an echo server in `role`; returns the file it logs every payload to."""
-        log = self.workdir / f"{role}.log"
-        log.touch()
-        errors = self.workdir / f"{role}.err"
-        cfg = json.dumps({"tcp": list(tcp), "udp": list(udp), "addrs": list(addrs),
-                          "log": str(log)})
+    def spawn(self, role: str, name: str, code: str, *args: str) -> None:
+        """Start a script in `role` and wait for it to print "ready"."""
+        errors = self.workdir / f"{name}.err"
         with errors.open("w") as err:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns(role), sys.executable, "-u", "-c", SERVER, cfg],
+                ["ip", "netns", "exec", self.ns(role), sys.executable, "-u", "-c", code, *args],
                 stdout=subprocess.PIPE, stderr=err, text=True)
         self.processes.append(proc)  # before waiting: teardown must find it
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 10.0)
         line = proc.stdout.readline() if ready else ""
         if line.strip() != "ready":
-            raise RuntimeError(f"server in {role} did not start: {line!r} "
+            raise RuntimeError(f"{name} in {role} did not start: {line!r} "
                                f"{errors.read_text()[-2000:]}")
+
+    def spawn_server(self, role: str, tcp: Sequence[int], udp: Sequence[int],
+                     addrs: Sequence[str]) -> Path:
+        """Start an echo server in `role`; returns the file it logs every payload to."""
+        log = self.workdir / f"{role}.log"
+        log.touch()
+        self.spawn(role, f"{role}-server", SERVER, json.dumps(
+            {"tcp": list(tcp), "udp": list(udp), "addrs": list(addrs), "log": str(log)}))
         return log
 
     # the firewall
@@ -340,8 +440,9 @@ class Lab:
     def nft(self, script: str) -> None:
         self.exec("gw", NFT, "-f", "-", input=script)
 
-    def apply(self, inp: FirewallInput | None = None) -> None:
-        self.nft(render_ruleset(inp or firewall_input()))
+    def listing(self) -> str | None:
+        done = self.exec("gw", NFT, "-s", "list", "table", "inet", "home_gateway", check=False)
+        return done.stdout if done.returncode == 0 else None
 
     def counters(self) -> dict[str, tuple[int, int]]:
         out = self.exec("gw", NFT, "-j", "list", "counters", "table", "inet",
@@ -366,6 +467,7 @@ class Lab:
         return json.loads(self.python(role, SWEEP, dst, str(wait), src, timeout=120))
 
     def close(self) -> None:
+        shutil.rmtree(Path("/etc/netns") / self.ns("gw"), ignore_errors=True)
         for proc in self.processes:
             if proc.poll() is None:
                 proc.terminate()
@@ -413,7 +515,7 @@ def build_lab(lab: Lab) -> None:
         lab.ip("wan", "link", "set", dev, "up")
     lab.ip("wan", "addr", "add", f"{ROUTER}/24", "dev", "br0")
     lab.ip("wan", "addr", "add", f"{ROUTER6}/64", "dev", "br0", "nodad")
-    for host in (CLOUD, CLOUD_OTHER, DNS_OLD, DNS_NEW, ATTACKER):
+    for host in (CLOUD, CLOUD_OTHER, DNS_OLD, DNS_NEW, ATTACKER, DNS_SERVER):
         lab.ip("wan", "addr", "add", f"{host}/32", "dev", "lo")
     for host in (CLOUD6, CLOUD_OTHER6, DNS_OLD6, DNS_NEW6, ATTACKER6):
         lab.ip("wan", "addr", "add", f"{host}/128", "dev", "lo", "nodad")
@@ -467,19 +569,60 @@ def build_lab(lab: Lab) -> None:
 
 @dataclass
 class Net:
-    """What the tests get: the lab plus the servers' payload logs."""
+    """What the tests get: the lab, the servers' payload logs and the gateway daemon."""
 
     lab: Lab
     logs: dict[str, Path]
+    gateway: Gateway
+    zone: Path  # the DNS server's answers
+    fault: Path  # what the nft wrapper should get wrong ("" or missing: nothing)
 
     def seen(self, role: str, token: str) -> bool:
         return token in self.logs[role].read_text()
+
+    def control(self, op: str, **args: Any) -> Any:
+        return request(self.gateway.control_socket, op, **args)
+
+    def firewall(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.control("firewall.status")
+        return status
+
+    def healthy(self, timeout: float = SETTLE_S) -> dict[str, Any]:
+        """The firewall's status once it is healthy and enforcing (fails the test if not)."""
+        return wait_until(lambda: (lambda s: s if s["healthy"] and s["enforcing"] else None)(
+            self.firewall()), timeout, "a healthy, enforcing firewall")
+
+    def set_policy(self, role: str, policy: str, profile: str | None = None) -> Any:
+        return self.control("device.policy", id=role, policy=policy, profile=profile)
+
+    def point(self, name: str, *addresses: str) -> None:
+        """Make the lab's DNS server answer `name` with `addresses`."""
+        zone = json.loads(self.zone.read_text())
+        zone[name] = {"A": [a for a in addresses if ":" not in a],
+                      "AAAA": [a for a in addresses if ":" in a]}
+        self.zone.write_text(json.dumps(zone))
+
+
+def start_gateway(lab: Lab, fault: Path) -> Gateway:
+    """`home-gateway run` in gw, with the lab's profiles and the fault-injecting nft."""
+    profiles = lab.workdir / "profiles"
+    profiles.mkdir()
+    for name, text in PROFILES.items():
+        (profiles / f"{name}.toml").write_text(text)
+    wrapper = lab.workdir / "nft"
+    wrapper.write_text(NFT_WRAPPER.format(fault=fault, nft=NFT, port=NOT_A_SERVICE))
+    wrapper.chmod(0o755)
+    gateway = Gateway(lab.workdir / "gateway", Path(tempfile.mkdtemp(prefix="hg-", dir="/tmp")),
+                      prefix=("ip", "netns", "exec", lab.ns("gw")))
+    gateway.write_config(daemon_config(wrapper, profiles))
+    return gateway
 
 
 @pytest.fixture(scope="session")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     require_root()
     lab = Lab(f"hg-{secrets.token_hex(3)}", tmp_path_factory.mktemp("netns"))
+    gateway: Gateway | None = None
     try:
         build_lab(lab)
         logs = {
@@ -491,18 +634,41 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         }
         for d in DEVICES:
             logs[d.role] = lab.spawn_server(d.role, DEVICE_TCP, DEVICE_UDP, [d.v4, d.v6])
-        lab.apply()
-        yield Net(lab, logs)
+        # The daemon in gw resolves through the lab's DNS server (`ip netns exec` mounts
+        # /etc/netns/NS/resolv.conf over /etc/resolv.conf).
+        zone = lab.workdir / "zone.json"
+        zone.write_text(json.dumps({CLOUD_NAME: {"A": [DNS_OLD], "AAAA": [DNS_OLD6]}}))
+        lab.spawn("wan", "dns", DNS, DNS_SERVER, str(zone), str(DNS_TTL))
+        etc = Path("/etc/netns") / lab.ns("gw")
+        etc.mkdir(parents=True)
+        (etc / "resolv.conf").write_text(f"nameserver {DNS_SERVER}\n")
+        fault = lab.workdir / "nft-fault"
+        gateway = start_gateway(lab, fault)
+        gateway.start()
+        net = Net(lab, logs, gateway, zone, fault)
+        net.healthy()
+        wait_until(lambda: net.firewall()["dns"].get(CLOUD_NAME, {}).get("addresses"),
+                   SETTLE_S, f"the daemon resolving {CLOUD_NAME}")
+        yield net
     finally:
-        lab.close()
+        try:
+            if gateway is not None:
+                gateway.close()
+        finally:
+            lab.close()
 
 
 @pytest.fixture
 def lab(net: Net) -> Iterator[Lab]:
-    """The shared lab with the standard ruleset in force before and after the test."""
-    net.lab.apply()
+    """The shared lab, its firewall healthy and in its standard state before and after."""
+    net.healthy()
     yield net.lab
-    net.lab.apply()
+    net.fault.unlink(missing_ok=True)
+    net.point(CLOUD_NAME, DNS_OLD, DNS_OLD6)
+    net.set_policy("plug", "quarantine")
+    net.healthy()
+    wait_until(lambda: net.firewall()["dns"].get(CLOUD_NAME, {}).get("addresses") == [
+        DNS_OLD, DNS_OLD6], SETTLE_S, f"{CLOUD_NAME} back at its first addresses")
 
 
 def pytest_configure(config: pytest.Config) -> None:

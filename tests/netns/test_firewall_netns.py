@@ -1,25 +1,25 @@
-"""The gateway's nftables policy, proven with real traffic between network namespaces.
+"""The gateway's nftables policy, applied by the daemon itself, proven with real traffic
+between network namespaces.
 
 Every probe is a real TCP connection or UDP datagram that only counts as reached when the
-server's echo comes back; every negative case has a positive control showing the server
-answers when the policy allows it. See conftest.py for the picture.
+server's echo comes back (for the gateway's own services, the daemon's broker and admin
+page: when the TCP handshake completes); every negative case has a positive control showing
+the server answers when the policy allows it. See conftest.py for the picture.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import secrets
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.firewall.model import Resolution
-from gateway.firewall.render import count_rules, render_dns_update, render_remove, render_ruleset
+from gateway.firewall.render import count_rules, render_remove
 from tests.netns.conftest import (
     ADMIN,
     ATTACKER,
@@ -49,11 +49,12 @@ from tests.netns.conftest import (
     NOT_A_SERVICE,
     ROUTER,
     ROUTER6,
+    SETTLE_S,
     Lab,
     Net,
-    firewall_input,
     require_root,
 )
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -67,6 +68,11 @@ def tcp(dst: str, port: int, src: str | None = None, token: str | None = None) -
 
 def udp(dst: str, port: int, src: str | None = None, token: str | None = None) -> dict[str, Any]:
     return {"proto": "udp", "dst": dst, "port": port, "src": src, "token": token}
+
+
+def svc(dst: str, port: int) -> dict[str, Any]:
+    """A connection to one of the daemon's own TCP services: reached when it is accepted."""
+    return {**tcp(dst, port), "connect": True}
 
 
 def from_attacker(probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -83,6 +89,17 @@ def in_parallel(lab: Lab, runs: dict[str, list[dict[str, Any]]]) -> dict[str, li
 def rise(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
          cls: str) -> int:
     return after[cls][0] - before[cls][0]
+
+
+def audited(net: Net, action: str, result: str) -> list[str]:
+    """The details of the daemon's audit entries for `action` with `result`."""
+    from gateway.store import Store
+
+    store = Store(net.gateway.state_dir / "gateway.db")
+    try:
+        return [e.detail for e in store.audit_log(200, action, result=result)]
+    finally:
+        store.close()
 
 
 def test_no_inbound_connection_reaches_a_device(lab: Lab) -> None:
@@ -118,11 +135,11 @@ def test_a_sweep_of_every_tcp_port_opens_none(lab: Lab) -> None:
 def test_a_restricted_device_reaches_its_allowlist_and_nothing_else(lab: Lab) -> None:
     allowed = [tcp(CLOUD, 8443), udp(CLOUD, 9999), tcp(CLOUD6, 8443), udp(CLOUD6, 9999),
                tcp(DNS_OLD, 8883), tcp(DNS_OLD6, 8883),  # by DNS name
-               tcp(GW_IOT, BROKER), udp(GW_IOT, 53), tcp(GW_IOT6, BROKER)]
+               svc(GW_IOT, BROKER), udp(GW_IOT, 53), svc(GW_IOT6, BROKER)]
     outside = [tcp(CLOUD, 8444), tcp(CLOUD, 80), udp(CLOUD, 123), tcp(CLOUD_OTHER, 8443),
                udp(CLOUD_OTHER, 9999), tcp(CLOUD6, 8444), tcp(CLOUD_OTHER6, 8443),
                tcp(DNS_NEW, 8883), tcp(LAN_HOST, 22), tcp(LAN_HOST6, 22), tcp(ROUTER, 80)]
-    at_gateway = [tcp(GW_IOT, ADMIN), tcp(GW_UP, ADMIN), tcp(GW_IOT6, ADMIN),
+    at_gateway = [svc(GW_UP, ADMIN), svc(GW_UP6, ADMIN), svc(GW_UP, HA),
                   tcp(GW_IOT, NOT_A_SERVICE)]
     before = lab.counters()
     got = in_parallel(lab, {"cam": allowed + outside + at_gateway, "bulb": outside})
@@ -131,37 +148,30 @@ def test_a_restricted_device_reaches_its_allowlist_and_nothing_else(lab: Lab) ->
     assert rise(before, lab.counters(), "egress") >= len(outside) + len(at_gateway)
 
 
-def test_a_dns_name_allowance_follows_its_address(lab: Lab) -> None:
+def test_a_dns_name_allowance_follows_its_address(net: Net, lab: Lab) -> None:
     probes = [tcp(DNS_OLD, 8883), tcp(DNS_NEW, 8883), tcp(DNS_OLD6, 8883), tcp(DNS_NEW6, 8883)]
     assert lab.probe("cam", probes) == [True, False, True, False]
+    applies = net.firewall()["applies"]
 
-    # The name moves: only the DNS sets change, in one transaction.
-    old = firewall_input()
-    moved = {CLOUD_NAME: Resolution((ip_address(DNS_NEW), ip_address(DNS_NEW6)), 600)}
-    update = render_dns_update(old, moved)
-    assert "table" not in update.replace("inet home_gateway", "")
-    lab.nft(update)
-    assert lab.probe("cam", probes) == [False, True, False, True]
+    # The name moves: within about half its TTL the daemon re-resolves it and changes only
+    # the DNS sets; the old addresses stop working, the new ones start.
+    net.point(CLOUD_NAME, DNS_NEW, DNS_NEW6)
+    wait_until(lambda: lab.probe("cam", probes) == [False, True, False, True], SETTLE_S,
+               "the allowance to follow the name to its new addresses")
+    status = net.firewall()
+    assert status["dns"][CLOUD_NAME]["addresses"] == [DNS_NEW, DNS_NEW6]
+    assert status["applies"] == applies, "a DNS change is not a whole new ruleset"
 
-    # Answers are timed: refreshed before the timeout they keep working, otherwise they
-    # expire even if the daemon is gone.
-    current = firewall_input(moved)
-    short = {CLOUD_NAME: Resolution((ip_address(DNS_NEW),), 2)}
-    lab.nft(render_dns_update(current, short))
-    set_at = time.monotonic()
-    time.sleep(1.0)
-    lab.nft(render_dns_update(firewall_input(short), short))  # the refresh
-    refreshed_at = time.monotonic()
-    time.sleep(max(0.0, set_at + 2.5 - time.monotonic()))
-    assert lab.probe("cam", [tcp(DNS_NEW, 8883)]) == [True], "the refresh kept it"
-    time.sleep(max(0.0, refreshed_at + 2.5 - time.monotonic()))
-    assert lab.probe("cam", [tcp(DNS_NEW, 8883), tcp(DNS_NEW6, 8883)]) == [False, False]
+    # A name that no longer resolves allows nothing.
+    net.point(CLOUD_NAME)
+    wait_until(lambda: lab.probe("cam", probes) == [False] * 4, SETTLE_S,
+               "the allowance to end with the name's addresses")
 
 
 def test_quarantined_and_unknown_devices_reach_only_the_gateway_services(lab: Lab) -> None:
-    services = [tcp(GW_IOT, BROKER), tcp(GW_IOT6, BROKER), udp(GW_IOT, 53), tcp(GW_IOT, 53),
+    services = [svc(GW_IOT, BROKER), svc(GW_IOT6, BROKER), udp(GW_IOT, 53), tcp(GW_IOT, 53),
                 udp(GW_IOT6, 53), udp(GW_IOT, 123), udp(GW_IOT6, 123), udp(GW_IOT, 67)]
-    denied = [tcp(GW_IOT, ADMIN), tcp(GW_IOT6, ADMIN), tcp(GW_UP, ADMIN), tcp(GW_IOT, HA),
+    denied = [svc(GW_UP, ADMIN), svc(GW_UP6, ADMIN), svc(GW_UP, HA),
               tcp(GW_IOT, NOT_A_SERVICE), tcp(CLOUD, 8443), udp(CLOUD, 9999),
               tcp(CLOUD6, 8443), tcp(LAN_HOST, 22), udp(LAN_HOST, 5000), tcp(ROUTER, 80)]
     before = lab.counters()
@@ -169,6 +179,26 @@ def test_quarantined_and_unknown_devices_reach_only_the_gateway_services(lab: La
     for role, results in got.items():
         assert results == [True] * len(services) + [False] * len(denied), role
     assert rise(before, lab.counters(), "quarantine") >= 2 * len(denied)
+
+
+def test_adopting_and_blocking_a_device_change_what_it_reaches(net: Net, lab: Lab) -> None:
+    probes = [tcp(CLOUD, 8443), tcp(CLOUD_OTHER, 8443), svc(GW_IOT, BROKER), udp(GW_IOT, 53)]
+    assert lab.probe("plug", probes) == [False, False, True, True], "quarantined"
+
+    result = net.set_policy("plug", "restricted", "lab-cam")  # adopt with a profile
+    assert result["applied"] is True
+    assert lab.probe("plug", probes) == [True, False, True, True]
+
+    result = net.set_policy("plug", "blocked")
+    assert result["applied"] is True
+    before = lab.counters()
+    assert lab.probe("plug", probes) == [False, False, False, False]
+    assert rise(before, lab.counters(), "quarantine") >= len(probes), "dropped by the rules"
+    assert any("quarantine -> restricted" in d for d in audited(net, "device.policy", "ok"))
+
+    # A policy the config file sets cannot be changed from outside it.
+    with pytest.raises(Exception, match="set in the config file"):
+        net.set_policy("cam", "open")
 
 
 def test_device_to_device_only_where_a_profile_allows_the_pair(lab: Lab) -> None:
@@ -229,15 +259,15 @@ def test_spoofed_source_addresses_are_dropped(net: Net, lab: Lab) -> None:
 
 
 def test_the_lan_reaches_the_admin_page_and_devices_do_not(lab: Lab) -> None:
-    lan_ok = [tcp(GW_UP, ADMIN), tcp(GW_UP6, ADMIN), tcp(GW_UP, HA), tcp(GW_UP6, HA)]
-    lan_denied = [tcp(GW_UP, NOT_A_SERVICE), tcp(GW_UP, BROKER), tcp(GW_UP6, BROKER),
+    lan_ok = [svc(GW_UP, ADMIN), svc(GW_UP6, ADMIN), svc(GW_UP, HA), svc(GW_UP6, HA)]
+    # The device listener (on the IoT side) and anything else are not for the LAN.
+    lan_denied = [tcp(GW_UP, NOT_A_SERVICE), svc(GW_IOT, BROKER), svc(GW_IOT6, BROKER),
                   udp(GW_UP, 53)]
-    device_denied = [tcp(GW_IOT, ADMIN), tcp(GW_IOT6, ADMIN), tcp(GW_UP, ADMIN),
-                     tcp(GW_UP6, ADMIN), tcp(GW_IOT, HA)]
+    device_denied = [svc(GW_UP, ADMIN), svc(GW_UP6, ADMIN), svc(GW_UP, HA), svc(GW_UP6, HA)]
     before = lab.counters()
     got = in_parallel(lab, {
         "lan": lan_ok + lan_denied,
-        "wan": from_attacker([tcp(GW_UP, ADMIN), tcp(GW_UP6, ADMIN), tcp(GW_UP, HA)]),
+        "wan": from_attacker([svc(GW_UP, ADMIN), svc(GW_UP6, ADMIN), svc(GW_UP, HA)]),
         "cam": device_denied, "bulb": device_denied, "plug": device_denied,
     })
     assert got.pop("lan") == [True] * len(lan_ok) + [False] * len(lan_denied)
@@ -254,8 +284,9 @@ def test_replies_to_device_initiated_connections_flow(lab: Lab) -> None:
     assert all(got["bulb"]) and all(got["cam"]), got
 
 
-def test_every_drop_class_counter_rises(lab: Lab) -> None:
+def test_every_drop_class_counter_rises(net: Net, lab: Lab) -> None:
     before = lab.counters()
+    shown = net.firewall()["dropped"]
     in_parallel(lab, {
         "wan": [tcp(CAM.v4, 22)],  # inbound
         "plug": [tcp(CLOUD, 8443)],  # quarantine
@@ -268,37 +299,100 @@ def test_every_drop_class_counter_rises(lab: Lab) -> None:
     for cls in ("inbound", "quarantine", "egress", "lateral", "upnp", "spoof"):
         assert rise(before, after, cls) >= 1, cls
         assert after[cls][1] > before[cls][1], cls
+    # The daemon reports them too (it reads them at each check, every second here).
+    wait_until(lambda: all(net.firewall()["dropped"][c] > shown[c] for c in shown), SETTLE_S,
+               "the daemon's status to show every class rising")
 
 
-def test_the_ruleset_replaces_only_its_own_table(lab: Lab) -> None:
+def test_the_ruleset_replaces_only_its_own_table(net: Net, lab: Lab) -> None:
     lab.nft("table inet someone_else {\n chain c {\n type filter hook input priority 10\n"
             " counter\n }\n}\n")
     try:
-        lab.apply()
-        listed = lab.exec("gw", NFT, "list", "table", "inet", "home_gateway").stdout
-        assert count_rules(listed) == count_rules(render_ruleset(firewall_input()))
-        lab.nft(render_remove())
-        lab.nft(render_remove())  # removing an absent table is fine too
+        applies = net.firewall()["applies"]
+        net.gateway.reload()  # SIGHUP: the daemon renders and applies its table again
+        status = wait_until(lambda: (lambda s: s if s["applies"] > applies else None)(
+            net.firewall()), SETTLE_S, "the daemon to apply its table again")
+        assert status["healthy"] and status["drift_repairs"] == 0
+        listed = lab.listing()
+        assert listed is not None and count_rules(listed) == status["rules"]
         tables = lab.exec("gw", NFT, "list", "tables").stdout
-        assert "someone_else" in tables and "home_gateway" not in tables
+        assert "someone_else" in tables and "home_gateway" in tables
     finally:
         lab.nft("table inet someone_else\ndelete table inet someone_else\n")
 
 
-def test_a_failed_apply_changes_nothing(lab: Lab) -> None:
-    def listing() -> str:  # without the timers of the DNS sets' elements
-        text = lab.exec("gw", NFT, "-s", "list", "table", "inet", "home_gateway").stdout
-        return re.sub(r" expires \S+", "", text)
+def test_a_ruleset_that_fails_to_apply_leaves_the_previous_one_enforced(
+        net: Net, lab: Lab) -> None:
+    before = lab.listing()
+    probes = [tcp(CLOUD, 8443), tcp(CLOUD_OTHER, 80), tcp(DNS_OLD, 8883)]
+    assert lab.probe("plug", probes) == [False, False, False]
+    net.fault.write_text("fail")
+    result = net.set_policy("plug", "open")  # would let the plug out
+    assert result["applied"] is False
+    status = net.firewall()
+    assert not status["healthy"] and "injected fault" in status["problem"]
+    assert status["enforcing"], "the last good ruleset is still in force"
+    assert lab.listing() == before
+    assert lab.probe("plug", probes) == [False, False, False]
+    assert lab.probe("cam", [tcp(DNS_OLD, 8883)]) == [True], "the rest keeps working"
+    assert any("injected fault" in d for d in audited(net, "firewall.apply", "failed"))
+    net.gateway.notify.wait_for(lambda d: "firewall UNHEALTHY" in d.fields.get("STATUS", ""),
+                                5, "STATUS=… firewall UNHEALTHY")
+    # The fault goes away: the daemon retries by itself and the new policy lands.
+    net.fault.unlink()
+    net.healthy()
+    assert lab.probe("plug", probes) == [True, True, True]
 
-    before = listing()
-    # One bad rule near the end of an otherwise new ruleset: nothing of it may land.
-    broken = render_ruleset(firewall_input(dns={})).replace(
-        "goto drop_egress\n\t}", "goto no_such_chain\n\t}")
-    assert broken != render_ruleset(firewall_input(dns={}))
-    result = lab.exec("gw", NFT, "-f", "-", input=broken, check=False)
-    assert result.returncode != 0 and "no_such_chain" in result.stderr
-    assert listing() == before
-    assert lab.probe("cam", [tcp(DNS_OLD, 8883)]) == [True]
+
+def test_a_table_that_reads_back_wrong_is_rolled_back(net: Net, lab: Lab) -> None:
+    assert lab.probe("cam", [tcp(GW_IOT, NOT_A_SERVICE)]) == [False]
+    failures = net.firewall()["failures"]
+    net.fault.write_text("tamper")  # the next apply lands with one rule too many
+    net.set_policy("plug", "open")
+    status = net.firewall()
+    assert status["failures"] == failures + 1
+    assert "reads back different" in status["problem"] or status["healthy"]
+    status = net.healthy()  # rolled back, then retried without the fault
+    listing = lab.listing()
+    assert listing is not None and f"dport {NOT_A_SERVICE} accept" not in listing
+    assert lab.probe("cam", [tcp(GW_IOT, NOT_A_SERVICE)]) == [False]
+
+
+def test_a_deleted_or_changed_table_is_detected_and_repaired(net: Net, lab: Lab) -> None:
+    repairs = net.firewall()["drift_repairs"]
+    lab.nft(render_remove())  # someone deletes the table by hand
+    status = wait_until(lambda: (lambda s: s if s["drift_repairs"] > repairs and s["healthy"]
+                                 else None)(net.firewall()), SETTLE_S, "the table restored")
+    assert status["last_drift"] == "the table was deleted"
+    assert lab.listing() is not None
+    assert lab.probe("wan", [tcp(CAM.v4, 22)]) == [False]
+    assert lab.probe("cam", [tcp(CLOUD, 8443)]) == [True]
+
+    # Someone opens a port into a device by hand.
+    lab.nft("add rule inet home_gateway to_iot tcp dport 22 accept\n")
+    status = wait_until(lambda: (lambda s: s if s["drift_repairs"] > repairs + 1
+                                 and s["healthy"] else None)(net.firewall()), SETTLE_S,
+                        "the changed table restored")
+    assert status["last_drift"] == "the table was changed"
+    assert "tcp dport 22 accept" not in (lab.listing() or "")
+    assert lab.probe("wan", [tcp(CAM.v4, 22)]) == [False]
+    details = audited(net, "firewall.drift", "repaired")
+    assert "the table was deleted" in details and "the table was changed" in details
+
+
+def test_status_and_cli_report_the_firewall(net: Net, lab: Lab) -> None:
+    done = net.gateway.cli("firewall", "status", "--config", str(net.gateway.config))
+    assert done.returncode == 0, done.stderr
+    assert "firewall enforcing" in done.stdout and "inbound" in done.stdout
+    as_json = json.loads(net.gateway.cli("firewall", "status", "--json", "--config",
+                                         str(net.gateway.config)).stdout)
+    assert as_json["mode"] == "enforce" and as_json["healthy"] is True
+    rendered = net.gateway.cli("firewall", "render", "--config", str(net.gateway.config))
+    assert rendered.returncode == 0, rendered.stderr
+    assert count_rules(rendered.stdout) == as_json["rules"]
+    assert 'comment "cam"' in rendered.stdout
+    statuses = [d.fields["STATUS"] for d in net.gateway.notify.received if "STATUS" in d.fields]
+    assert any("firewall enforcing" in line for line in statuses), statuses
 
 
 def test_the_lab_cleans_up_after_a_failure(tmp_path: Path) -> None:

@@ -20,8 +20,10 @@ from gateway.config import (
     CredentialsConfig,
     DeviceDecl,
     ExternalBroker,
+    FirewallConfig,
     GatewayConfig,
     Listener,
+    NetworkConfig,
     TelemetryConfig,
     WebConfig,
     load_config,
@@ -93,6 +95,10 @@ def test_minimal_config_gets_the_defaults() -> None:
             max_age_s=86400,
             invalid_audit_interval_s=60,
         ),
+        network=NetworkConfig(uplink=None, iot=None, iot_subnets=(), lan_subnets=()),
+        firewall=FirewallConfig(mode="enforce", nft="/usr/sbin/nft",
+                                profiles_dir=Path("/etc/home-gateway/profiles"),
+                                log_per_minute=10, check_interval_s=30),
         devices=(),
         source=Path("<string>"),
     )
@@ -198,8 +204,9 @@ def test_everything_set() -> None:
     assert config.web.listen == ("127.0.0.1:8080", "[::1]:8443", "localhost:9000")
     assert config.telemetry == TelemetryConfig(64, 100000, 0, 31536000, 86400)
     assert config.devices == (
-        DeviceDecl("thermo-1", "Hall", "thermostat", "aa:bb:cc:dd:ee:0f", "192.168.50.20", None),
-        DeviceDecl("cam-1", "cam-1", "camera", None, "fe80::1", None),
+        DeviceDecl("thermo-1", "Hall", "thermostat", "aa:bb:cc:dd:ee:0f", "192.168.50.20", None,
+                   None, None),
+        DeviceDecl("cam-1", "cam-1", "camera", None, "fe80::1", None, None, None),
     )
 
 
@@ -241,7 +248,8 @@ def test_addresses_are_normalised() -> None:
 
 def test_device_name_defaults_to_id() -> None:
     config = parse_config(f'{LISTENER}[[devices]]\nid = "plug-1"\nkind = "plug"\n')
-    assert config.devices[0] == DeviceDecl("plug-1", "plug-1", "plug", None, None, None)
+    assert config.devices[0] == DeviceDecl("plug-1", "plug-1", "plug", None, None, None, None,
+                                           None)
 
 
 def test_listeners_ignored_by_external_mode_are_allowed() -> None:
@@ -358,7 +366,8 @@ def test_odd_keys_and_values_stay_on_one_line() -> None:
     lines = problems(f'"we\\nird\\"key" = 1\n{LISTENER}[broker]\nmode = "a\\u2028b{"x" * 100}"\n')
     assert lines == [
         '<string>:"we\\nird\\"key": unknown key '
-        "(expected one of: broker, credentials, devices, gateway, telemetry, web)",
+        "(expected one of: broker, credentials, devices, firewall, gateway, network, telemetry, "
+            "web)",
         '<string>:broker.mode: "a\\u2028b' + "x" * 57 + '"... is not allowed '
         '(expected one of: "embedded", "external")',
     ]

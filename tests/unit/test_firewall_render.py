@@ -271,6 +271,19 @@ def test_devices_go_by_policy_and_unknown_addresses_are_quarantined() -> None:
     assert chain(script, "egress_restricted")[-1] == "goto drop_egress"
 
 
+def test_a_blocked_device_reaches_nothing_not_even_the_gateway() -> None:
+    inp = make_input(3)
+    dev2 = replace(inp.devices[2], policy="blocked")  # was open; dev-1 (a hub) pings it
+    script = render_ruleset(replace(inp, devices=(*inp.devices[:2], dev2)))
+    assert elements(script, "blocked_v4") == ["10.20.0.4"]
+    assert elements(script, "blocked_v6") == ["fd20::4"]
+    assert '10.20.0.4 comment "dev-2" : goto drop_quarantine' in elements(script, "policy_v4")
+    assert "fd20::4" not in elements(script, "adopted_v6")
+    assert elements(script, "peer_icmp_v4") == []  # no longer a peer of the hub
+    # Dropped before connection tracking and before the input chain's services.
+    assert "ip saddr @blocked_v4 goto drop_quarantine" in chain(script, "pre_iot")
+
+
 def test_restricted_devices_get_their_profile_as_disjoint_elements() -> None:
     script = render_ruleset(make_input(9))
     allow = elements(script, "allow_v4")
@@ -315,7 +328,9 @@ def test_spoofing_checks_bind_addresses_to_macs() -> None:
     assert elements(script, "iot_src_v4") == ["0.0.0.0", "10.20.0.0/16"]
     assert elements(script, "iot_src_v6") == ["::", "fd20::/64", "fe80::/10"]
     rules = chain(script, "pre_iot")
-    assert all(r.endswith("goto drop_spoof") for r in rules)
+    assert all(r.endswith("goto drop_spoof") for r in rules[:-2])
+    assert rules[-2:] == ["ip saddr @blocked_v4 goto drop_quarantine",
+                          "ip6 saddr @blocked_v6 goto drop_quarantine"]
     assert chain(script, "prerouting")[0] == (
         "type filter hook prerouting priority raw; policy accept;")
 

@@ -81,7 +81,7 @@ def test_retry_backoff_doubles_and_is_capped(failures: int) -> None:
 
 def device(**changes: object) -> Device:
     base = Device("plug-1", "Plug", "plug", "adopted", "cli", None, None, T0, None, None, 0,
-                  {}, 1, None, None, None, T0, 0, None, "")
+                  {}, 1, None, None, None, T0, 0, None, "", "quarantine", None)
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
