@@ -285,7 +285,7 @@ def _firewall_render(config: Config) -> int:
         for problem in exc.problems:
             print(f"home-gateway: {problem}", file=sys.stderr)
         return 1
-    for problem in inventory.problems:
+    for problem in inventory.warnings():
         print(f"# warning: {problem}")
     if not db.exists():
         print(f"# no device registry at {db} yet: only the policy, no devices")

@@ -67,8 +67,11 @@ class Inventory:
     """What the firewall is rendered from, and why some devices are not in it."""
 
     input: FirewallInput
-    problems: tuple[str, ...]  # devices that could not be placed, one line each
-    unplaced: tuple[str, ...]  # device ids without a known address: only by MAC, if at all
+    problems: Mapping[str, str]  # device id -> why it is not placed as its policy says
+    unplaced: tuple[str, ...]  # device ids without a known address
+
+    def warnings(self) -> list[str]:
+        return [f"device {device_id}: {problem}" for device_id, problem in self.problems.items()]
 
 
 def build_input(config: Config, devices: Iterable[Device], profiles: Mapping[str, Profile],
@@ -80,7 +83,7 @@ def build_input(config: Config, devices: Iterable[Device], profiles: Mapping[str
     assert net.uplink is not None, "no firewall without network.uplink"
     iot_nets = [ipaddress.ip_network(n) for n in net.iot_subnets]
     rules: list[DeviceRule] = []
-    problems: list[str] = []
+    problems: dict[str, str] = {}
     unplaced: list[str] = []
     owner: dict[str, str] = {}  # address or MAC -> the device that has it
     for device in sorted(devices, key=lambda d: d.id):
@@ -92,24 +95,23 @@ def build_input(config: Config, devices: Iterable[Device], profiles: Mapping[str
         ips: list[IPAddress] = [ipaddress.ip_address(a) for a in device.addresses]
         outside = [str(ip) for ip in ips if not any(ip in n for n in iot_nets)]
         if outside:
-            problems.append(f"device {device.id}: {', '.join(outside)} outside "
-                            "network.iot_subnets (left out of the firewall)")
+            problems[device.id] = (f"{', '.join(outside)} outside network.iot_subnets "
+                                   "(left out of the firewall)")
             continue
         # One device's bad row must not stop the whole firewall: leave it out (its traffic
         # is then that of an unknown device: quarantined) and say why.
         claims = [*map(str, ips), *([device.mac] if device.mac else [])]
         taken = [f"{c} (also {owner[c]})" for c in claims if c in owner]
         if taken:
-            problems.append(f"device {device.id}: {', '.join(taken)} (left out of the "
-                            "firewall)")
+            problems[device.id] = f"{', '.join(taken)} (left out of the firewall)"
             continue
         owner.update(dict.fromkeys(claims, device.id))
         policy = device.policy
         profile: str | None = device_profile(device)
         if profile not in profiles:
             if policy == "restricted":
-                problems.append(f"device {device.id}: no profile {profile!r}; quarantined "
-                                f"until it exists (profiles: {', '.join(sorted(profiles))})")
+                problems[device.id] = (f"no profile {profile!r}; quarantined until it exists "
+                                       f"(profiles: {', '.join(sorted(profiles))})")
                 policy = "quarantine"
             profile = None
         rules.append(DeviceRule(id=device.id, ips=tuple(ips), policy=policy,  # type: ignore[arg-type]
@@ -122,4 +124,4 @@ def build_input(config: Config, devices: Iterable[Device], profiles: Mapping[str
         devices=tuple(rules) if net.iot is not None else (),
         profiles=dict(profiles), dns=dict(dns),
         log_per_minute=config.firewall.log_per_minute)
-    return Inventory(inp, tuple(problems), tuple(unplaced))
+    return Inventory(inp, problems, tuple(unplaced))

@@ -332,6 +332,12 @@ class Firewall:
             await self.start()
         elif self.configured:
             await self.apply("config reloaded")
+        elif was:
+            await self.stop()
+            self.state = FirewallState(problem="network.uplink is not set: nothing is "
+                                       "firewalled")
+            log.warning("firewall: network.uplink was removed; the last table applied stays "
+                        "in force until removed (nft delete table inet %s)", TABLE)
 
     # -- policy changes -----------------------------------------------------------------
 
@@ -350,9 +356,9 @@ class Firewall:
                 raise PolicyError(f"no device {device_id!r}")
             if policy not in POLICIES:
                 raise PolicyError(f"policy {policy!r} is not one of: {', '.join(POLICIES)}")
-            if profile is not None and profile not in self.profile_names():
-                raise PolicyError(f"no profile {profile!r} (profiles: "
-                                  f"{', '.join(self.profile_names())})")
+            names = self.profile_names()
+            if profile is not None and profile not in names:
+                raise PolicyError(f"no profile {profile!r} (profiles: {', '.join(names)})")
             declared = next((d for d in self.config.devices if d.id == device_id), None)
             if declared is not None and declared.policy is not None:
                 raise PolicyError(f"{device_id}'s policy is set in the config file "
@@ -398,8 +404,8 @@ class Firewall:
         except RenderError as exc:
             return self._failed(reason, "cannot render: " + "; ".join(exc.problems[:5]))
         self.inventory = inventory
-        self.state.warnings = list(inventory.problems)
-        for problem in inventory.problems:
+        self.state.warnings = inventory.warnings()
+        for problem in self.state.warnings:
             log.warning("firewall: %s", problem)
         if self.mode == "render-only":
             return await self._render_only(reason, script, inventory.input, started)
@@ -491,9 +497,8 @@ class Firewall:
 
     async def _fold_counters(self) -> None:
         """Before the table is replaced (counters restart at zero), keep what it counted."""
-        with contextlib.suppress(NftError, ValueError):
-            if await self.nft.listing() is not None:
-                self._current = self._counter_values(await self.nft.counters())
+        with contextlib.suppress(NftError, ValueError):  # no table yet: nothing counted
+            self._current = self._counter_values(await self.nft.counters())
         for c in DROP_CLASSES:
             self._base[c] += self._current[c]
         self._current = dict.fromkeys(DROP_CLASSES, 0)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,9 @@ from gateway.devices.enrollment import EnrollmentError, qr_payload
 from gateway.devices.kinds import KINDS
 from gateway.devices.registry import DeviceError
 from gateway.devices.service import CommandRejected, CommandTimeout, DeviceOffline
+from gateway.firewall.inventory import Inventory, device_profile
+from gateway.firewall.manager import Firewall, PolicyError
+from gateway.firewall.model import POLICIES, Allow, Peer, PortRange, Profile
 from gateway.store import ApiToken, AuditEntry, Device, Enrollment, Rotation, User
 from gateway.web.accounts import Accounts, Principal
 from gateway.web.auth import qr_svg
@@ -166,6 +169,7 @@ def device_view(daemon: Daemon, device: Device, logins: Logins | None = None) ->
         "online": service.is_online(device.id), "last_seen": service.last_seen(device.id),
         "first_seen": device.first_seen, "invalid_messages": device.invalid_messages,
         "state": service.state(device.id),
+        "policy": device.policy, "profile": device_profile(device),
         "actions": {a: sorted(params) for a, params in kind.actions.items()} if kind else {},
         "credential": credential_view(
             daemon, device, logins if logins is not None else Logins.read(daemon, device.id)),
@@ -207,7 +211,7 @@ def status_view(daemon: Daemon) -> dict[str, Any]:
     status["tiles"] = {  # filled by later capabilities; the dashboard shows them as such
         "credentials": credentials_tile(status["credentials"]),
         "cloud": {"state": "not configured"},
-        "firewall": {"state": "not configured"},
+        "firewall": firewall_tile(status["firewall"]),
         "privacy": {"state": "off", "detail": "no category consented"},
     }
     return status
@@ -230,6 +234,115 @@ def credentials_tile(credentials: dict[str, Any]) -> dict[str, Any]:
               _count(credentials["logins_refused"], "login") + " refused"]
     return {"state": state, "label": label, "detail": " · ".join(detail),
             "rotating": rotating, "alerts": alerts}
+
+
+# -- the network guard (firewall) ---------------------------------------------------------
+
+def firewall_status(firewall: Firewall) -> dict[str, Any]:
+    """As `daemon.status()["firewall"]` has it, without the rest of the status."""
+    return {**firewall.status(), "summary": firewall.summary()}
+
+
+def firewall_notice(fw: dict[str, Any]) -> dict[str, str] | None:
+    """The banner every page shows while the devices are not protected as configured."""
+    problem = fw["problem"]
+    if fw["mode"] == "render-only":
+        why = f" The last render failed: {problem}." if problem and not fw["healthy"] else ""
+        return {"title": "Devices are NOT protected: the firewall is in render-only mode.",
+                "text": "The gateway renders its ruleset but applies none "
+                        '(firewall.mode = "render-only"), so nothing stops connections to '
+                        "devices or keeps quarantined ones in. Set firewall.mode = "
+                        f'"enforce" to protect them.{why}'}
+    if fw["mode"] == "enforce" and not fw["healthy"]:
+        kept = ("The last good ruleset stays in force; the gateway keeps retrying."
+                if fw["enforcing"] else "No ruleset is in force: devices are NOT protected.")
+        return {"title": "Firewall problem:", "text": f"{problem}. {kept}"}
+    return None
+
+
+def firewall_tile(fw: dict[str, Any]) -> dict[str, Any]:
+    dropped = sum(fw["dropped"].values())
+    if fw["mode"] == "off":
+        state, label, detail = "off", "Off", "network.uplink not set"
+    elif fw["mode"] == "render-only":
+        state, label, detail = "render-only", "Render-only", "devices NOT protected"
+    elif not fw["healthy"]:
+        state, label, detail = "unhealthy", "Unhealthy", fw["problem"]
+    else:
+        state, label, detail = "ok", "Enforcing", _count(fw["rules"], "rule")
+    return {"state": state, "label": label, "dropped": dropped,
+            "detail": f"{_count(dropped, 'packet')} dropped · {detail}",
+            "notice": firewall_notice(fw)}
+
+
+def _ports(ports: tuple[PortRange, ...]) -> list[str]:
+    """As a profile writes them: "443", "8000-8100"; none for ICMP."""
+    return [str(low) if low == high else f"{low}-{high}" for low, high in ports]
+
+
+def allow_view(allow: Allow, dns: Mapping[str, Any]) -> dict[str, Any]:
+    """One allowed destination; a DNS name with the addresses it resolves to now (empty:
+    not resolved yet, so not reachable yet)."""
+    if allow.host is not None:
+        addresses = list(dns.get(allow.host, {}).get("addresses", []))
+    else:
+        addresses = [str(allow.cidr)]
+    return {"protocol": allow.protocol, "ports": _ports(allow.ports), "host": allow.host,
+            "cidr": None if allow.cidr is None else str(allow.cidr), "addresses": addresses}
+
+
+def peer_view(peer: Peer) -> dict[str, Any]:
+    return {"protocol": peer.protocol, "ports": _ports(peer.ports), "device": peer.device,
+            "kind": peer.kind}
+
+
+def placement_problem(device: Device, inventory: Inventory | None, placed: bool) -> str:
+    """Why the firewall does not treat the device as its policy says ("" when it does)."""
+    if inventory is None:
+        return ""
+    found = inventory.problems.get(device.id, "")
+    if found or placed:
+        return found
+    if inventory.input.iot is None:
+        return "no IoT interface (network.iot): only the gateway itself is firewalled"
+    if device.id in inventory.unplaced:
+        return "no known address: its traffic is quarantined like an unknown address's"
+    return "left out of the firewall"
+
+
+def firewall_device_view(device: Device, profile: Profile | None, placed: bool, problem: str,
+                         locked: bool, dns: Mapping[str, Any]) -> dict[str, Any]:
+    """A device as the firewall sees it: its policy, its profile (the effective one) and
+    what that profile lets it reach."""
+    return {
+        "id": device.id, "name": device.name, "kind": device.kind, "policy": device.policy,
+        "profile": device_profile(device), "profile_default": device.profile is None,
+        "profile_found": profile is not None,
+        "description": profile.description if profile else "",
+        "addresses": list(device.addresses), "placed": placed, "problem": problem,
+        "locked": locked,
+        "allow": [allow_view(a, dns) for a in profile.allow] if profile else [],
+        "peers": [peer_view(p) for p in profile.peers] if profile else [],
+    }
+
+
+def firewall_view(daemon: Daemon) -> dict[str, Any]:
+    firewall = daemon.firewall
+    status = firewall_status(firewall)
+    names = firewall.profile_names()  # reads the profile files: the current ones
+    inventory = firewall.inventory
+    placed = {rule.id for rule in inventory.input.devices} if inventory else set()
+    locked = {d.id for d in daemon.config.devices if d.policy is not None}
+    devices = [
+        firewall_device_view(d, firewall.profiles.get(device_profile(d)), d.id in placed,
+                             placement_problem(d, inventory, d.id in placed), d.id in locked,
+                             status["dns"])
+        for d in sorted(daemon.devices.devices(), key=lambda d: d.id)]
+    return {"status": status, "devices": devices, "profiles": names}
+
+
+def history_view(firewall: Firewall, since: float) -> list[dict[str, Any]]:
+    return [{"at": s.at, "dropped": dict(s.totals)} for s in firewall.history if s.at >= since]
 
 
 def device_or_404(request: web.Request) -> Device:
@@ -341,6 +454,39 @@ async def send_command(request: web.Request) -> web.StreamResponse:
     except CommandRejected as exc:
         raise HttpError(400, str(exc)) from None
     return reply({"device": device.id, "action": data["action"], "result": result})
+
+
+async def get_firewall(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    minutes = _int_query(request, "minutes", 60, 1, 24 * 60) or 60
+    history = history_view(daemon.firewall, time.time() - minutes * 60)
+    return reply({**firewall_view(daemon), "minutes": minutes, "history": history})
+
+
+POLICY = Body({
+    "policy": Str(enum=POLICIES, description="quarantine: only the gateway's services; "
+                  "restricted: also what its profile allows; open: everything but other "
+                  "devices and UPnP; blocked: nothing, not even the gateway"),
+    "profile": Str(1, 40, required=False, nullable=True, pattern="^[a-z0-9_-]{1,40}$",
+                   description="a profile name; null: the one named after the device's "
+                               "kind; left out: unchanged"),
+})
+
+
+async def set_device_policy(request: web.Request) -> web.StreamResponse:
+    device = device_or_404(request)
+    data = await body_of(request, POLICY)
+    daemon, who = daemon_of(request), principal_of(request)
+    firewall = daemon.firewall
+    if "profile" in data:
+        profile = data["profile"]
+    else:  # unchanged, unless its file is gone: then blocking it must not fail over that
+        profile = device.profile if device.profile in firewall.profile_names() else None
+    try:
+        result = await firewall.set_policy(device.id, data["policy"], profile, who.actor)
+    except PolicyError as exc:
+        raise HttpError(400, str(exc)) from None
+    return reply(result)
 
 
 # -- credentials: rotation and enrollment -------------------------------------------------
@@ -469,7 +615,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             steady = [{**d, "credential": {**d["credential"], "age_s": None}}
                       for d in devices]
             change = json.dumps([steady, audit, status["healthy"], status["broker"],
-                                 status["credentials"]])
+                                 status["credentials"], status["firewall"]])
             now = time.monotonic()
             if change != last_change or now - last_sent >= REFRESH_S:
                 snapshot = json.dumps({"status": status, "devices": devices, "audit": audit})
@@ -667,6 +813,15 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", f"{P}/devices/{{id}}/rotation", set_rotation, "admin",
           "Set how often the device's credential is rotated (null: the default)",
           body=ROTATION, response="Device", errors=(404, 409)),
+    Route("PUT", f"{P}/devices/{{id}}/policy", set_device_policy, "admin",
+          "Set the device's firewall policy (and profile); the firewall is applied before "
+          "the answer. Audited, refusals too", body=POLICY, response="PolicySet",
+          errors=(400, 404)),
+    Route("GET", f"{P}/firewall", get_firewall, "read",
+          "The network guard: its status, the drop counters of the last minutes, each "
+          "device's policy, profile and allowed destinations, and the profile names",
+          response="Firewall", errors=(400,),
+          query=(("minutes", {"type": "integer", "minimum": 1, "maximum": 1440}),)),
     Route("POST", f"{P}/credentials/rotate-all", rotate_all, "admin",
           "Start rotating every device's credential now (with the embedded broker, after "
           "the gateway's own login)", response="Started", status=202),

@@ -6,6 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.firewall.model import DROP_CLASSES, POLICIES, PROTOCOLS
 
 if TYPE_CHECKING:
     from gateway.web.api import Route
@@ -40,6 +41,17 @@ def _list(key: str, item: str) -> dict[str, Any]:
     return _obj({key: {"type": "array", "items": _ref(item)}})
 
 
+def _enum(values: tuple[str, ...], description: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "string", "enum": list(values)}
+    if description:
+        out["description"] = description
+    return out
+
+
+DROPPED = _obj({c: INT for c in DROP_CLASSES})
+PORTS = {**STRS, "description": 'ports and "LOW-HIGH" ranges; "0-65535": any; none for icmp'}
+
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": _obj({"error": STR}, {"second_factor": BOOL}),
     "Status": _obj({
@@ -54,8 +66,58 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "messages": _obj({"accepted": INT, "rejected": INT, "unknown": INT, "commands": INT,
                           "rejected_by_reason": {"type": "object",
                                                  "additionalProperties": INT}}),
+        "firewall": _ref("FirewallStatus"),
         "tiles": {"type": "object", "additionalProperties": ANY_OBJ},
     }),
+    "FirewallStatus": _obj({
+        "mode": _enum(("enforce", "render-only", "off"),
+                      "render-only: rendered, not applied (devices NOT protected); off: "
+                      "network.uplink is not set"),
+        "healthy": BOOL,
+        "enforcing": {**BOOL, "description": "a ruleset of the gateway is in force"},
+        "problem": {**STR, "description": "why it is unhealthy ('' when it is not)"},
+        "warnings": {**STRS, "description": "devices that could not be placed"},
+        "last_apply": TS_OR_NULL, "last_apply_ms": {**NUM, "nullable": True},
+        "last_reason": STR, "applies": INT, "failures": INT, "drift_repairs": INT,
+        "last_drift": STR, "last_drift_at": TS_OR_NULL,
+        "rules": INT, "elements": {**INT, "description": "set and map elements"},
+        "dropped": {**DROPPED, "description": "packets dropped per class, running totals"},
+        "dns": {"type": "object", "description": "the profiles' DNS names as resolved now",
+                "additionalProperties": _obj({"addresses": STRS, "ttl_s": INT,
+                                              "ok": BOOL})},
+        "summary": STR,
+    }),
+    "FirewallDevice": _obj({
+        "id": STR, "name": STR, "kind": STR, "policy": _enum(POLICIES),
+        "profile": {**STR, "description": "the profile in effect"},
+        "profile_default": {**BOOL, "description": "the profile named after its kind"},
+        "profile_found": {**BOOL, "description": "a profile of that name exists"},
+        "description": {**STR, "description": "the profile's"},
+        "addresses": STRS,
+        "placed": {**BOOL, "description": "the firewall knows the device by address"},
+        "problem": {**STR, "description": "why the firewall cannot treat it as its policy "
+                                          "says ('' when it can)"},
+        "locked": {**BOOL, "description": "its policy is set in the config file"},
+        "allow": {"type": "array", "description": "destinations its profile allows",
+                  "items": _obj({"protocol": _enum(PROTOCOLS), "ports": PORTS,
+                                 "host": STR_OR_NULL, "cidr": STR_OR_NULL,
+                                 "addresses": {**STRS, "description": "the network, or what "
+                                               "the name resolves to now"}})},
+        "peers": {"type": "array", "description": "other devices its profile allows",
+                  "items": _obj({"protocol": _enum(PROTOCOLS), "ports": PORTS,
+                                 "device": STR_OR_NULL, "kind": STR_OR_NULL})},
+    }),
+    "Firewall": _obj({
+        "status": _ref("FirewallStatus"),
+        "devices": {"type": "array", "items": _ref("FirewallDevice")},
+        "profiles": {**STRS, "description": "the profile names"},
+        "minutes": INT,
+        "history": {"type": "array", "description": "drop counter samples of the last "
+                    "minutes, oldest first", "items": _obj({"at": TS, "dropped": DROPPED})},
+    }),
+    "PolicySet": _obj({"id": STR, "policy": _enum(POLICIES), "profile": STR_OR_NULL,
+                       "applied": {**BOOL, "description": "the firewall was applied"},
+                       "firewall": {**STR, "description": "the firewall's summary"}}),
     "Credential": _obj({
         "username": {**STR_OR_NULL, "description": "the active broker login (null: none)"},
         "rotated_at": {**TS_OR_NULL, "description": "when the active login was issued"},
@@ -74,6 +136,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "mac": STR_OR_NULL, "ip": STR_OR_NULL, "model": STR_OR_NULL,
         "firmware": STR_OR_NULL, "online": BOOL, "last_seen": TS_OR_NULL,
         "first_seen": TS_OR_NULL, "invalid_messages": INT, "state": ANY_OBJ,
+        "policy": _enum(POLICIES, "its firewall policy"),
+        "profile": {**STR, "description": "its firewall profile"},
         "actions": {"type": "object",
                     "additionalProperties": {"type": "array", "items": STR}},
         "credential": _ref("Credential"),

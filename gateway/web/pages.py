@@ -23,6 +23,8 @@ from gateway.web.api import (
     device_view,
     devices_view,
     enrollment_view,
+    firewall_notice,
+    firewall_view,
     status_view,
     token_view,
     user_view,
@@ -80,6 +82,24 @@ def _until(ts: float | None) -> str:
 
 ENV.filters.update(ago=_ago, clock=_clock, duration=_duration, age=_age, until=_until)
 
+# One line per drop class for the Network page (docs/firewall.md has the long version).
+DROP_MEANINGS = {
+    "inbound": "from the home LAN or the internet and not a reply: a scan, or a LAN host "
+               "probing devices",
+    "quarantine": "from a quarantined or unknown device, beyond the gateway's services",
+    "egress": "from an adopted device to a destination its profile does not allow",
+    "lateral": "from one device to another without a profile allowing the pair",
+    "upnp": "a device trying to open ports in the home router (UPnP, NAT-PMP)",
+    "spoof": "a source address its sender may not use",
+}
+POLICY_MEANINGS = {
+    "quarantine": "only the gateway's own services (DHCP, DNS, NTP, the broker); every new "
+                  "device starts here",
+    "restricted": "the gateway's services and what its profile allows",
+    "open": "everything but other devices and UPnP: an exception, made on purpose",
+    "blocked": "nothing at all, not even the gateway",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Page:
@@ -89,20 +109,25 @@ class Page:
     access: str  # "public", "page" (logged in) or "page-admin"
 
 
-def render(request: web.Request, template: str, **context: Any) -> web.Response:
+def _chrome(request: web.Request) -> dict[str, Any]:
+    """What base.html needs on every page: who is logged in, and the firewall banner."""
     principal = request.get(PRINCIPAL)
+    notice = (firewall_notice(daemon_of(request).firewall.status())
+              if principal is not None else None)
+    return {"user": principal, "path": request.path, "firewall_notice": notice}
+
+
+def render(request: web.Request, template: str, **context: Any) -> web.Response:
     guard = request.app[GUARD]
     html = ENV.get_template(template).render(
-        user=principal, csrf=guard.csrf_token(request) if PRE in request else "",
-        path=request.path, **context)
+        csrf=guard.csrf_token(request) if PRE in request else "", **_chrome(request),
+        **context)
     return web.Response(text=html, content_type="text/html")
 
 
 def render_error(request: web.Request, status: int, message: str) -> str:
-    principal = request.get(PRINCIPAL)
     return ENV.get_template("error.html").render(
-        user=principal, csrf="", path=request.path, status=status, message=message,
-        title=str(status))
+        csrf="", status=status, message=message, title=str(status), **_chrome(request))
 
 
 async def dashboard(request: web.Request) -> web.StreamResponse:
@@ -125,6 +150,16 @@ async def device(request: web.Request) -> web.StreamResponse:
     return render(request, "device.html", title=found.name, device=device_view(daemon, found),
                   actions=kind.actions if kind else {},
                   rotation_default=daemon.rotator.policy.period_days)
+
+
+async def network(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    view = firewall_view(daemon)
+    return render(request, "network.html", title="Network", fw=view["status"],
+                  devices=view["devices"], profiles=view["profiles"],
+                  network=daemon.config.network, drops=DROP_MEANINGS,
+                  policies=POLICY_MEANINGS,
+                  check_interval=daemon.config.firewall.check_interval_s)
 
 
 async def enroll(request: web.Request) -> web.StreamResponse:
@@ -192,6 +227,7 @@ PAGES: tuple[Page, ...] = (
     Page("GET", "/", dashboard, "page"),
     Page("GET", "/devices", devices, "page"),
     Page("GET", "/devices/{id}", device, "page"),
+    Page("GET", "/network", network, "page"),
     Page("GET", "/enroll", enroll, "page-admin"),
     Page("GET", "/audit", audit, "page"),
     Page("GET", "/account", account, "page"),

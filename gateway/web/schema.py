@@ -17,6 +17,8 @@ class BodyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Str:
+    """A string; `nullable` also accepts JSON null ("the default")."""
+
     min: int = 1
     max: int = 256
     required: bool = True
@@ -24,10 +26,13 @@ class Str:
     enum: tuple[str, ...] = ()
     pattern: str | None = None
     format: str | None = None
+    nullable: bool = False
 
     def check(self, name: str, value: Any) -> None:
+        if value is None and self.nullable:
+            return
         if not isinstance(value, str):
-            raise BodyError(f"{name}: expected a string")
+            raise BodyError(f"{name}: expected a string{' or null' if self.nullable else ''}")
         if self.enum and value not in self.enum:
             raise BodyError(f"{name}: expected one of: {', '.join(self.enum)}")
         if not self.min <= len(value) <= self.max:
@@ -41,6 +46,8 @@ class Str:
             out["pattern"] = self.pattern
         if self.format:
             out["format"] = self.format
+        if self.nullable:
+            out["nullable"] = True
         if self.description:
             out["description"] = self.description
         return out

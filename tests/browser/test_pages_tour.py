@@ -37,6 +37,13 @@ async def test_every_page_on_desktop_and_phone(gw: Lab, page: Page, shot: Shot) 
     await expect(page.locator('[data-list="devices"] tr')).to_have_count(3)
     await shot("devices", phone=True)
 
+    # Without network.uplink the firewall is off, and the Network page says so plainly.
+    await page.goto(f"{base}/network")
+    await expect(page.locator("#firewall-off")).to_contain_text("network.uplink")
+    await expect(page.locator("#firewall-notice")).to_be_hidden()
+    await expect(page.locator("#fw-quarantine tbody tr")).to_have_count(3)
+    await shot("network", phone=True)
+
     await page.goto(f"{base}/enroll")
     await expect(page.locator("#enrollment-list")).to_contain_text("None open.")
     await page.get_by_label("Name (optional)").fill("Porch light")

@@ -77,11 +77,11 @@ def test_devices_are_placed_by_address_policy_and_profile() -> None:
     assert rules["cam-4"].policy == "quarantine", "a missing profile fails closed"
     assert rules["cam-5"].profile == "cloud"
     assert inventory.unplaced == ("cam-2",)
-    assert [p.split(":")[0] for p in inventory.problems] == [
-        "device cam-3", "device cam-4", "device cam-7", "device cam-8"]
-    assert "no profile 'nope'" in inventory.problems[1]
-    assert "192.168.50.15 (also cam-5)" in inventory.problems[2]
-    assert "02:00:00:00:00:01 (also cam-1)" in inventory.problems[3]
+    assert list(inventory.problems) == ["cam-3", "cam-4", "cam-7", "cam-8"]
+    assert "no profile 'nope'" in inventory.problems["cam-4"]
+    assert "192.168.50.15 (also cam-5)" in inventory.problems["cam-7"]
+    assert "02:00:00:00:00:01 (also cam-1)" in inventory.problems["cam-8"]
+    assert inventory.warnings()[0].startswith("device cam-3: 10.0.0.3 outside")
     assert inventory.input.iot_subnets == (ip_network("192.168.50.0/24"),
                                            ip_network("fd00:50::/64"))
     script = render_ruleset(inventory.input)

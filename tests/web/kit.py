@@ -18,6 +18,18 @@ from gateway.web import auth
 ADMIN = ("alice", "Kettle-Harbour-Lantern-42")
 VIEWER = ("victor", "Quiet-Meadow-Copper-77")
 
+# A firewall that renders its ruleset but never applies it (these tests never use
+# "enforce"): the IoT segment uses documentation prefixes, the interfaces need not exist.
+RENDER_ONLY_FIREWALL = """
+[network]
+uplink = "hgdemo0"
+iot = "hgdemo1"
+iot_subnets = ["192.0.2.0/24", "2001:db8:1::/64"]
+lan_subnets = ["198.51.100.0/24"]
+[firewall]
+mode = "render-only"
+"""
+
 
 @asynccontextmanager
 async def web_lab(state_dir: Path, extra: str = "") -> AsyncIterator[Lab]:

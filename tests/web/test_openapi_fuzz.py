@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from gateway.web.accounts import Principal
-from tests.web.kit import ADMIN, add_user, base_url, web_lab
+from tests.web.kit import ADMIN, RENDER_ONLY_FIREWALL, add_user, base_url, web_lab
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +40,14 @@ def _schemathesis() -> str:
 
 
 async def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Path) -> None:
-    async with web_lab(tmp_path / "state") as lab:
+    # With a firewall (render-only: it never touches this machine's), so that its status,
+    # its view of the devices and policy changes are answered for real.
+    async with web_lab(tmp_path / "state", extra=RENDER_ONLY_FIREWALL) as lab:
         add_user(lab, *ADMIN)
         await lab.add_devices([("fz-plug-1", "plug"), ("fz-therm-1", "thermostat")],
                               interval_s=1.0)
+        await lab.daemon.devices.add("fz-cam-1", "camera", source="test", ip="192.0.2.10",
+                                     actor="test")
         _, token = lab.daemon.accounts.create_token(Principal(ADMIN[0], "admin"), "fuzz",
                                                     "admin")
         base = base_url(lab)
@@ -72,7 +76,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_pa
                 await proc.wait()
         text = out.decode(errors="replace")
         assert proc.returncode == 0, text[-6000:]
-        assert "Tested: 31" in text, text[-3000:]  # every operation but the stream
+        assert "Tested: 33" in text, text[-3000:]  # every operation but the stream
         generated = re.search(r"(\d+) generated", text)
         assert generated and int(generated.group(1)) >= 1000, text[-3000:]
         # the gateway is still healthy after thousands of hostile requests

@@ -26,6 +26,7 @@ function collect(form) {
     if (el.dataset.type === "bool") value = value === "true";
     else if (el.dataset.type === "number") value = Number(value);
     else if (el.dataset.type === "optional-number") value = value === "" ? null : Number(value);
+    else if (el.dataset.type === "optional") value = value === "" ? null : value;
     else if (value === "" && !el.required) continue;
     const path = el.name.split(".");
     let target = body;
@@ -178,6 +179,15 @@ const done = {
     const r = res.data.result || {};
     say(form, `${r.status || "?"}${r.error ? ": " + r.error : ""}`, r.status === "ok" ? "ok" : "error");
   },
+  // A policy change: the row moves to its new table, so the answer is said above them.
+  policy(form, res) {
+    const d = res.data;
+    const out = document.getElementById("network-result");
+    out.textContent = `${d.id}: ${d.policy}${d.policy === "restricted" || d.policy === "open" ? ` (profile ${d.profile || "of its kind"})` : ""}` +
+      `${d.applied ? ", applied" : ", saved but not applied"}. ${d.firewall}`;
+    out.className = "result ok";
+    refreshNetwork();
+  },
 };
 
 function wireForms() {
@@ -296,6 +306,23 @@ function setField(name, value, good) {
   }
 }
 
+// Marks a field good (ok), bad or neither.
+function tone(name, good, bad) {
+  const node = document.querySelector(`[data-field="${name}"]`);
+  if (!node) return;
+  node.classList.toggle("ok", good);
+  node.classList.toggle("bad", bad);
+}
+
+// The firewall's banner (on every page; live where the page follows the gateway).
+function firewallNotice(notice) {
+  const box = document.getElementById("firewall-notice");
+  if (!box) return;
+  box.hidden = !notice;
+  setField("fw-notice-title", notice ? notice.title : "");
+  setField("fw-notice-text", notice ? notice.text : "");
+}
+
 // The devices list's login cell: an alert, a rotation in flight, or the login's age.
 function credentialCell(c) {
   if (c.alert) return el("span", { class: "pill bad", title: c.last_result }, "alert");
@@ -324,10 +351,13 @@ const live = {
     setField("rejected", s.messages.rejected);
     const tile = s.tiles.credentials;
     setField("cred-state", tile.label);
-    const state = document.querySelector('[data-field="cred-state"]');
-    state.classList.toggle("ok", tile.state === "ok");
-    state.classList.toggle("bad", tile.state === "alert");
+    tone("cred-state", tile.state === "ok", tile.state === "alert");
     setField("cred-detail", tile.detail);
+    const fw = s.tiles.firewall;
+    setField("fw-state", fw.label);
+    tone("fw-state", fw.state === "ok", fw.state === "render-only" || fw.state === "unhealthy");
+    setField("fw-detail", fw.detail);
+    firewallNotice(fw.notice);
     const banner = document.getElementById("rotation-alert");
     const alerts = banner.querySelector('[data-list="cred-alerts"]');
     clear(alerts);
@@ -381,6 +411,19 @@ const live = {
     result.classList.toggle("bad", c.last_result !== "" && c.last_result !== "ok");
     setField("cred-failures", c.failures);
     document.querySelector('[data-field="cred-alert"]').hidden = !c.alert;
+    setField("fw-policy", d.policy);
+    document.querySelector('[data-field="fw-policy"]').className =
+      { restricted: "ok", open: "warn", blocked: "bad" }[d.policy] || "";
+    setField("fw-profile", d.profile);
+  },
+  network(snap) {
+    firewallNotice(snap.status.tiles.firewall.notice);
+    // What the page shows of the firewall changes with its status or the devices'
+    // policies: then the page's sections are fetched again (the chart: every check).
+    const shown = JSON.stringify([snap.status.firewall,
+      snap.devices.map((d) => [d.id, d.name, d.ip, d.policy, d.profile])]);
+    if (networkShown !== null && shown !== networkShown) refreshNetwork();
+    networkShown = shown;
   },
 };
 
@@ -423,6 +466,30 @@ function unit(name) {
 
 function round(v) { return Math.round(v * 1000) / 1000; }
 
+// One series of [time, value] from t0 to now as a sparkline W wide between lo and hi: the
+// line, the area below it and its last point; `steps` for on/off values. `short` ones are
+// 40 px high instead of 64 (CSS sets the height: the CSP allows no inline style).
+function spark(series, { t0, now, W, lo, hi, steps = false, label, short = false }) {
+  const H = short ? 40 : 64;
+  const PAD = 5;
+  const x = (t) => Math.max(0, Math.min(W, ((t - t0) / (now - t0)) * W));
+  const y = (v) => H - PAD - ((v - lo) / (hi - lo)) * (H - 2 * PAD);
+  const xy = [];
+  series.forEach(([t, v], i) => {
+    if (steps && i) xy.push([x(t), y(series[i - 1][1])]); // on/off: a step, not a slope
+    xy.push([x(t), y(v)]);
+  });
+  const line = xy.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" ");
+  const [lx, ly] = xy[xy.length - 1];
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: short ? "spark short" : "spark",
+                             role: "img", "aria-label": label });
+  chart.append(svg("line", { x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5, class: "axis" }));
+  chart.append(svg("polygon", { points: `${xy[0][0].toFixed(1)},${H} ${line} ${lx.toFixed(1)},${H}`, class: "area" }));
+  chart.append(svg("polyline", { points: line, class: "line" }));
+  chart.append(svg("circle", { cx: lx.toFixed(1), cy: ly.toFixed(1), r: 3.5, class: "last" }));
+  return chart;
+}
+
 function drawChart(box, points) {
   clear(box);
   const metrics = {}, booleans = new Set();
@@ -438,27 +505,13 @@ function drawChart(box, points) {
   const now = Date.now() / 1000;
   const first = Math.min(...names.map((n) => metrics[n][0][0]));
   const t0 = Math.min(Math.max(now - 3600, first), now - 10);
-  const W = Math.max(120, Math.round(box.clientWidth || 320)), H = 64, PAD = 5;
+  const W = Math.max(120, Math.round(box.clientWidth || 320));
   for (const name of names) {
     const series = metrics[name], flag = booleans.has(name);
     const values = series.map((s) => s[1]);
     let lo = flag ? 0 : Math.min(...values), hi = flag ? 1 : Math.max(...values);
     if (lo === hi) { lo -= 1; hi += 1; }
-    const x = (t) => Math.max(0, Math.min(W, ((t - t0) / (now - t0)) * W));
-    const y = (v) => H - PAD - ((v - lo) / (hi - lo)) * (H - 2 * PAD);
-    const xy = [];
-    series.forEach(([t, v], i) => {
-      if (flag && i) xy.push([x(t), y(series[i - 1][1])]); // on/off: a step, not a slope
-      xy.push([x(t), y(v)]);
-    });
-    const line = xy.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" ");
-    const [lx, ly] = xy[xy.length - 1];
-    const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "spark", role: "img",
-                               "aria-label": `${name}, last hour` });
-    chart.append(svg("line", { x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5, class: "axis" }));
-    chart.append(svg("polygon", { points: `${xy[0][0].toFixed(1)},${H} ${line} ${lx.toFixed(1)},${H}`, class: "area" }));
-    chart.append(svg("polyline", { points: line, class: "line" }));
-    chart.append(svg("circle", { cx: lx.toFixed(1), cy: ly.toFixed(1), r: 3.5, class: "last" }));
+    const chart = spark(series, { t0, now, W, lo, hi, steps: flag, label: `${name}, last hour` });
     const last = values[values.length - 1];
     const caption = el("figcaption", {}, el("strong", {}, name),
       el("span", { class: "value" }, flag ? shown(Boolean(last)) : `${round(last)}${unit(name)}`));
@@ -493,10 +546,80 @@ async function chart() {
   setInterval(load, 10000);
 }
 
+// -- the Network page ------------------------------------------------------------------
+
+let networkShown = null;
+let dropData = null;
+
+// The page's [data-fragment] sections, replaced by the server's current rendering of
+// them: every view has one renderer (the template), and the forms in them keep working.
+async function refreshFragments() {
+  let text;
+  try {
+    const res = await fetch(location.pathname, { credentials: "same-origin" });
+    if (!res.ok) return;
+    text = await res.text();
+  } catch (e) { return; } // offline: the next change tries again
+  const doc = new DOMParser().parseFromString(text, "text/html");
+  for (const old of document.querySelectorAll("[data-fragment]")) {
+    const fresh = doc.getElementById(old.id);
+    if (!fresh || fresh.dataset.fragment === undefined) continue;
+    const node = document.importNode(fresh, true);
+    old.replaceWith(node);
+    for (const form of node.querySelectorAll("form[data-api]")) wireForm(form);
+  }
+  localTimes();
+}
+
+async function loadDrops() {
+  let res;
+  try { res = await api("GET", "/api/v1/firewall?minutes=60"); } catch (e) { return; }
+  if (res.ok) { dropData = res.data; drawDrops(); }
+}
+
+async function refreshNetwork() {
+  await refreshFragments();
+  await loadDrops();
+}
+
+// Each drop class's packets per check (the difference of consecutive running totals).
+function drawDrops() {
+  if (!dropData) return;
+  const samples = dropData.history;
+  const now = Date.now() / 1000;
+  for (const figure of document.querySelectorAll("#drops figure[data-class]")) {
+    const name = figure.dataset.class, box = figure.querySelector(".spark-box");
+    clear(box);
+    const series = [];
+    for (let i = 1; i < samples.length; i++) {
+      // a table replaced outside the gateway restarts its counters: never a negative count
+      series.push([samples[i].at, Math.max(0, samples[i].dropped[name] - samples[i - 1].dropped[name])]);
+    }
+    const recent = figure.querySelector(".recent");
+    if (!series.length) { recent.textContent = ""; continue; }
+    const values = series.map((x) => x[1]);
+    const sum = values.reduce((a, b) => a + b, 0);
+    recent.textContent = `${sum} in the last hour`;
+    const t0 = Math.min(Math.max(now - dropData.minutes * 60, series[0][0]), now - 10);
+    const W = Math.max(120, Math.round(box.clientWidth || 240));
+    box.append(spark(series, { t0, now, W, lo: 0, hi: Math.max(1, ...values), short: true,
+                               label: `${name}: dropped packets per check, last hour` }));
+  }
+}
+
+function network() {
+  if (document.body.dataset.live !== "network") return;
+  loadDrops();
+  setInterval(loadDrops, 30000);
+  let resized = null;
+  window.addEventListener("resize", () => { clearTimeout(resized); resized = setTimeout(drawDrops, 100); });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   localTimes();
   wireForms();
   follow();
   chart();
+  network();
   setInterval(refreshTimes, 5000);
 });
