@@ -3,14 +3,17 @@ its store (fast: no browser), and an HTTP client that behaves like a same-origin
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.sim.lab import Lab, free_port, start_lab
 from gateway.web import auth
@@ -95,3 +98,16 @@ async def browser(lab: Lab) -> AsyncIterator[Browser]:
     jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1, as a browser keeps them
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
         yield Browser(http, base_url(lab))
+
+
+async def poll(b: Browser, path: str, check: Callable[[Any], bool], what: str,
+               timeout: float = 10.0) -> Any:
+    """GET `path` until `check` holds for its JSON; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, data, _ = await b.call("GET", path)
+        if status == 200 and check(data):
+            return data
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {data!r})")
+        await asyncio.sleep(0.1)

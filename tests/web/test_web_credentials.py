@@ -6,13 +6,12 @@ viewers, read tokens, missing CSRF tokens and malformed bodies are refused by na
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,15 @@ from gateway.config import Listener
 from gateway.sim.devices import enroll, enrolled_device
 from gateway.sim.lab import Lab
 from gateway.web.accounts import Principal
-from tests.web.kit import ADMIN, VIEWER, Browser, add_user, base_url, browser, web_lab
+from tests.web.kit import (
+    ADMIN,
+    VIEWER,
+    add_user,
+    base_url,
+    browser,
+    poll,
+    web_lab,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,18 +46,6 @@ async def web(tmp_path: Path) -> AsyncIterator[Lab]:
         add_user(lab, *ADMIN)
         add_user(lab, *VIEWER, role="viewer")
         yield lab
-
-
-async def poll(b: Browser, path: str, check: Callable[[Any], bool], timeout: float,
-               what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, data, _ = await b.call("GET", path)
-        if status == 200 and check(data):
-            return data
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {data!r})")
-        await asyncio.sleep(0.1)
 
 
 def audit(lab: Lab, action: str, target: str | None = None) -> list[tuple[str, str, str]]:
@@ -105,8 +100,8 @@ async def test_rotate_now_and_rotate_all(web: Lab) -> None:
         status, data, _ = await b.call("POST", "/api/v1/credentials/rotate-all")
         assert status == 202 and data == {"started": ["rot-plug"]}  # the bulb is busy
         done = await poll(b, "/api/v1/devices/rot-plug",
-                          lambda d: d["credential"]["last_result"] == "ok", 15,
-                          "the plug's rotation")
+                          lambda d: d["credential"]["last_result"] == "ok",
+                          "the plug's rotation", 15)
         assert done["credential"]["username"] == "rot-plug.2"
         assert done["credential"]["rotating"] is False
         assert plug.username == "rot-plug.2" and plug.connected
@@ -202,13 +197,13 @@ async def test_enrollment_create_list_use_and_revoke(web: Lab) -> None:
                                       model="GS-1", firmware="2.4.1")
         web.fleet.devices.append(agent)
         await agent.start()
-        device = await poll(b, f"/api/v1/devices/{agent.id}", lambda d: d["online"], 15,
-                            "the enrolled device to report")
+        device = await poll(b, f"/api/v1/devices/{agent.id}", lambda d: d["online"],
+                            "the enrolled device to report", 15)
         assert (device["name"], device["kind"], device["source"], device["model"],
                 device["firmware"]) == ("Garden sensor", "sensor", "enrolled", "GS-1",
                                         "2.4.1")
         assert device["credential"]["username"] == f"{agent.id}.1"
-        await poll(b, "/api/v1/enrollments", lambda d: d["enrollments"] == [], 10,
+        await poll(b, "/api/v1/enrollments", lambda d: d["enrollments"] == [],
                    "the used enrollment to leave the list")
 
         # Revoked: gone from the list, and the broker refuses the token.
@@ -315,8 +310,8 @@ async def test_rotation_alert_reaches_status_and_dashboard(tmp_path: Path) -> No
             assert "tile-credentials" in page and "plaintext-listeners" not in page
             assert (await b.call("POST", "/api/v1/devices/deaf-camera/rotate"))[0] == 202
             status = await poll(b, "/api/v1/status",
-                                lambda s: s["credentials"]["alerts"] == ["deaf-camera"], 15,
-                                "the rotation alert")
+                                lambda s: s["credentials"]["alerts"] == ["deaf-camera"],
+                                "the rotation alert", 15)
             tile = status["tiles"]["credentials"]
             assert (tile["state"], tile["label"], tile["alerts"]) == (
                 "alert", "1 alert", ["deaf-camera"])

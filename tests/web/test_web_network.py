@@ -6,7 +6,6 @@ read tokens and forged requests change nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from ipaddress import ip_network
@@ -25,10 +24,10 @@ from tests.web.kit import (
     ADMIN,
     RENDER_ONLY_FIREWALL,
     VIEWER,
-    Browser,
     add_user,
     base_url,
     browser,
+    poll,
     web_lab,
 )
 
@@ -72,18 +71,6 @@ async def net(tmp_path: Path) -> AsyncIterator[Lab]:
         await devices.add("bare-plug", "plug", source="test", actor="test")
         await devices.add("far-plug", "plug", source="test", ip="10.0.0.5", actor="test")
         yield lab
-
-
-async def poll(b: Browser, path: str, check: Callable[[Any], bool], what: str,
-               timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, data, _ = await b.call("GET", path)
-        if status == 200 and check(data):
-            return data
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {data!r})")
-        await asyncio.sleep(0.1)
 
 
 def by_id(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
