@@ -555,20 +555,22 @@ def _iot_chains(up: str, iot: str, masquerade: bool) -> list[list[str]]:
             f"iifname {up} ip6 saddr @iot_v6 goto drop_spoof",
         ], "type filter hook prerouting priority raw; policy accept;"),
         _chain("pre_iot", [
-            "ip saddr != @iot_src_v4 goto drop_spoof",
-            "ip6 saddr != @iot_src_v6 goto drop_spoof",
-            # A bound address must come from its MAC ...
-            "ip saddr @bound_ip_v4 ip saddr . ether saddr != @bind_v4 goto drop_spoof",
-            "ip6 saddr @bound_ip_v6 ip6 saddr . ether saddr != @bind_v6 goto drop_spoof",
-            # ... and a bound MAC must use its own addresses.
-            "ether saddr @bound_mac_v4 ip saddr != 0.0.0.0 "
-            "ip saddr . ether saddr != @bind_v4 goto drop_spoof",
-            "ether saddr @bound_mac_v6 ip6 saddr != { ::, fe80::/10 } "
-            "ip6 saddr . ether saddr != @bind_v6 goto drop_spoof",
             # A blocked device reaches nothing, not even the gateway's services; before
             # connection tracking, so its open connections end too.
             "ip saddr @blocked_v4 goto drop_quarantine",
             "ip6 saddr @blocked_v6 goto drop_quarantine",
+            # Most packets come from a device on its own bound address and MAC: one lookup
+            # settles it (every packet passes here, established or not).
+            "ip saddr . ether saddr @bind_v4 return",
+            "ip6 saddr . ether saddr @bind_v6 return",
+            "ip saddr != @iot_src_v4 goto drop_spoof",
+            "ip6 saddr != @iot_src_v6 goto drop_spoof",
+            # A bound address must come from its MAC ...
+            "ip saddr @bound_ip_v4 goto drop_spoof",
+            "ip6 saddr @bound_ip_v6 goto drop_spoof",
+            # ... and a bound MAC must use its own addresses.
+            "ether saddr @bound_mac_v4 ip saddr != 0.0.0.0 goto drop_spoof",
+            "ether saddr @bound_mac_v6 ip6 saddr != { ::, fe80::/10 } goto drop_spoof",
         ]),
         _chain("in_iot", [
             "ct state established,related accept",

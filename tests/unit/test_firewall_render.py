@@ -328,9 +328,11 @@ def test_spoofing_checks_bind_addresses_to_macs() -> None:
     assert elements(script, "iot_src_v4") == ["0.0.0.0", "10.20.0.0/16"]
     assert elements(script, "iot_src_v6") == ["::", "fd20::/64", "fe80::/10"]
     rules = chain(script, "pre_iot")
-    assert all(r.endswith("goto drop_spoof") for r in rules[:-2])
-    assert rules[-2:] == ["ip saddr @blocked_v4 goto drop_quarantine",
-                          "ip6 saddr @blocked_v6 goto drop_quarantine"]
+    assert rules[:4] == ["ip saddr @blocked_v4 goto drop_quarantine",
+                         "ip6 saddr @blocked_v6 goto drop_quarantine",
+                         "ip saddr . ether saddr @bind_v4 return",
+                         "ip6 saddr . ether saddr @bind_v6 return"]
+    assert all(r.endswith("goto drop_spoof") for r in rules[4:])
     assert chain(script, "prerouting")[0] == (
         "type filter hook prerouting priority raw; policy accept;")
 
