@@ -601,7 +601,9 @@ class Firewall:
         """Resolve the profiles' names; change only the timed sets when answers change."""
         due: dict[str, float] = {}
         while True:
-            names = sorted(dns_names(self.applied)) if self.applied else []
+            # Render-only applies nothing, so it asks no resolver either.
+            names = (sorted(dns_names(self.applied))
+                     if self.applied is not None and self.mode == "enforce" else [])
             now = time.monotonic()
             for name in list(self._answers):
                 if name not in names:
