@@ -405,9 +405,11 @@ class Firewall:
         except RenderError as exc:
             return self._failed(reason, "cannot render: " + "; ".join(exc.problems[:5]))
         self.inventory = inventory
-        self.state.warnings = inventory.warnings()
-        for problem in self.state.warnings:
-            log.warning("firewall: %s", problem)
+        warnings, before = inventory.warnings(), set(self.state.warnings)
+        for problem in warnings:
+            if problem not in before:  # once, not at every apply
+                log.warning("firewall: %s", problem)
+        self.state.warnings = warnings
         if self.mode == "render-only":
             return await self._render_only(reason, script, inventory.input, started)
         try:
