@@ -152,7 +152,9 @@ class Daemon:
                 self.files, listener_specs(config), executable=config.broker.executable,
                 max_packet_size=config.broker.max_packet_size, store=self.store,
                 pki=self.pki,
-                on_restart=self._broker_restarted, on_login_refused=self._login_refused)
+                on_restart=self._broker_restarted, on_login_refused=self._login_refused,
+                on_login=lambda address, username: self.firewall.device_login(address,
+                                                                              username))
         self.session = MqttSession(
             self.endpoint, client_id=self._client_id(), on_message=self._route,
             subscriptions=[(t, 1) for t in (*GATEWAY_SUBSCRIPTIONS, RESPONSE_TOPIC)],

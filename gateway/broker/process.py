@@ -12,6 +12,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from gateway.aio import cancel_and_wait
 from gateway.broker.render import (
@@ -41,9 +42,15 @@ class BrokerError(Exception):
 
 
 _NEW_CONNECTION = re.compile(r"New connection from (\S+):\d+ on port \d+")
-_LOGGED_IN = re.compile(r"New client connected from (\S+):\d+ as ")
+_LOGGED_IN = re.compile(r"New client connected from (\S+):\d+ as \S+ \(.*?(?:u'([^']*)')?\)\.?$")
 _REFUSED = "disconnected, not authorised"
 PENDING_S = 10.0  # Mosquitto waits this long at most for a CONNECT after accepting
+
+
+class LogEvent(NamedTuple):
+    connection: bool  # a connection message (logged at debug level)
+    refused: str | None = None  # the address of a refused login
+    login: tuple[str, str] | None = None  # (address, username) of an accepted login
 
 
 class ConnectionLog:
@@ -54,27 +61,26 @@ class ConnectionLog:
     def __init__(self) -> None:
         self._pending: deque[tuple[float, str]] = deque()
 
-    def feed(self, line: str, now: float) -> tuple[bool, str | None]:
-        """(is a connection message, the address of a refused login or None)."""
+    def feed(self, line: str, now: float) -> LogEvent:
         while self._pending and now - self._pending[0][0] > PENDING_S:
             self._pending.popleft()
         if match := _NEW_CONNECTION.search(line):
             self._pending.append((now, match[1]))
-            return True, None
+            return LogEvent(True)
         if match := _LOGGED_IN.search(line):
             for i, (_, address) in enumerate(self._pending):
                 if address == match[1]:
                     del self._pending[i]
                     break
-            return True, None
+            return LogEvent(True, login=(match[1], match[2]) if match[2] else None)
         if _REFUSED in line:
             address = self._pending.popleft()[1] if self._pending else "unknown"
-            return True, address
+            return LogEvent(True, refused=address)
         if "Client <unknown> closed its connection" in line:  # left before logging in
             if self._pending:
                 self._pending.popleft()
-            return True, None
-        return ("closed its connection" in line or " disconnected" in line), None
+            return LogEvent(True)
+        return LogEvent("closed its connection" in line or " disconnected" in line)
 
 
 def _die_with_parent() -> None:
@@ -94,7 +100,8 @@ class EmbeddedBroker:
     def __init__(self, files: BrokerFiles, listeners: Sequence[ListenerSpec], *,
                  executable: str, max_packet_size: int, store: Store,
                  pki: Pki, on_restart: Callable[[int, str], None] | None = None,
-                 on_login_refused: Callable[[str], None] | None = None) -> None:
+                 on_login_refused: Callable[[str], None] | None = None,
+                 on_login: Callable[[str, str], None] | None = None) -> None:
         self.files = files
         self.pki = pki
         self.listeners = tuple(listeners)
@@ -103,6 +110,7 @@ class EmbeddedBroker:
         self.store = store
         self.on_restart = on_restart
         self.on_login_refused = on_login_refused
+        self.on_login = on_login  # (address, username) of every accepted login
         self._connections = ConnectionLog()
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
@@ -173,10 +181,12 @@ class EmbeddedBroker:
         assert proc.stderr is not None
         async for raw in proc.stderr:
             line = raw.decode(errors="replace").rstrip()
-            is_connection, refused = self._connections.feed(line, time.monotonic())
-            if refused is not None and self.on_login_refused is not None:
-                self.on_login_refused(refused)
-            if is_connection:
+            event = self._connections.feed(line, time.monotonic())
+            if event.refused is not None and self.on_login_refused is not None:
+                self.on_login_refused(event.refused)
+            if event.login is not None and self.on_login is not None:
+                self.on_login(*event.login)
+            if event.connection:
                 log.debug("mosquitto: %s", line)
             elif line:
                 self._stderr_tail.append(line)

@@ -20,12 +20,29 @@ from gateway.firewall.model import (
 )
 from gateway.store import Device
 
-__all__ = ["Inventory", "build_input", "device_profile", "services"]
+__all__ = ["Inventory", "build_input", "device_profile", "learn_address", "services"]
 
 
 def device_profile(device: Device) -> str:
     """A device's profile: the one it was given, else the one named after its kind."""
     return device.profile or device.kind
+
+
+def learn_address(known: str | None, address: str, iot_subnets: Iterable[str]) -> str | None:
+    """A device's addresses after its broker login connected from `address`, or None when
+    nothing changes: an address inside the IoT subnets is recorded only while the device
+    has none of that family (a known address is never replaced behind the admin's back;
+    its MAC binding would drop packets from another one anyway)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if not any(ip in ipaddress.ip_network(n) for n in iot_subnets):
+        return None
+    addresses = known.split() if known else []
+    if any(ipaddress.ip_address(a).version == ip.version for a in addresses):
+        return None
+    return " ".join([*addresses, str(ip)])
 
 
 def _host(listen: str) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 from gateway.aio import cancel_and_wait
 from gateway.config import Config
 from gateway.firewall import dns
-from gateway.firewall.inventory import Inventory, build_input
+from gateway.firewall.inventory import Inventory, build_input, learn_address
 from gateway.firewall.model import (
     DROP_CLASSES,
     POLICIES,
@@ -375,6 +375,25 @@ class Firewall:
         applied = await self.apply(f"policy of {device_id} changed") if self.configured else False
         return {"id": device_id, "policy": policy, "profile": profile, "applied": applied,
                 "firewall": self.summary()}
+
+    def device_login(self, address: str, username: str) -> None:
+        """A broker login `<id>.<n>` connected from `address`: where that device is, if its
+        address was not known yet (an enrolled device says its MAC, not its address).
+        Addresses declared in the config file are left alone."""
+        device = self.store.device(username.rpartition(".")[0])
+        if device is None or device.status == "removed":
+            return
+        if any(d.id == device.id and d.ip for d in self.config.devices):
+            return
+        learned = learn_address(device.ip, address, self.config.network.iot_subnets)
+        if learned is None:
+            return
+        self.store.set_device_addresses(device.id, device.mac, learned)
+        self.store.audit("system", "device.address", "learned", target=device.id,
+                         detail=f"{address}: its broker login {username} connected from it")
+        log.info("firewall: %s is at %s (its broker login connected from there)", device.id,
+                 address)
+        self.on_change()  # the watcher applies the firewall with it
 
     # -- applying -----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@
     iot:  a switch (br0) whose device ports are isolated, as on an AP with client isolation
       +-- cam, sensor, plug, bulb: one namespace per device, /32 and /128 addresses routed
           via gw, so device-to-device traffic crosses the gateway as it must
-      +-- stranger: a device the inventory does not know
+      +-- stranger, newbie: devices the inventory does not know
 
 The daemon's config declares the devices (cam and sensor restricted with lab profiles,
 bulb open; plug gets no policy in the file, so it starts quarantined and can be changed
@@ -91,6 +91,8 @@ DEVICES = (
     Device("plug", "10.91.0.13", "fd91::13", "02:48:47:00:00:13", "plug", "quarantine"),
     Device("bulb", "10.91.0.14", "fd91::14", "02:48:47:00:00:14", "bulb", "open"),
     Device("stranger", "10.91.0.50", "fd91::50", "02:48:47:00:00:50", "plug", None),
+    # Unknown too, until a test registers it and its broker login reveals where it is.
+    Device("newbie", "10.91.0.60", "fd91::60", "02:48:47:00:00:60", "camera", None),
 )
 DEV = {d.role: d for d in DEVICES}
 
@@ -586,6 +588,15 @@ class Net:
     def firewall(self) -> dict[str, Any]:
         status: dict[str, Any] = self.control("firewall.status")
         return status
+
+    def firewall_devices(self) -> list[dict[str, Any]]:
+        """The registry as `home-gateway device list --json` shows it."""
+        done = self.gateway.device("list", "--json")
+        assert done.returncode == 0, done.stderr
+        devices: list[dict[str, Any]] = json.loads(done.stdout)
+        for device in devices:
+            device["addresses"] = (device["ip"] or "").split()
+        return devices
 
     def healthy(self, timeout: float = SETTLE_S) -> dict[str, Any]:
         """The firewall's status once it is healthy and enforcing (fails the test if not)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from gateway.firewall.render import count_rules, render_remove
+from tests.integration.daemon_proc import REPO
 from tests.netns.conftest import (
     ADMIN,
     ATTACKER,
@@ -199,6 +201,45 @@ def test_adopting_and_blocking_a_device_change_what_it_reaches(net: Net, lab: La
     # A policy the config file sets cannot be changed from outside it.
     with pytest.raises(Exception, match="set in the config file"):
         net.set_policy("cam", "open")
+
+
+LOGIN = r"""
+import asyncio, ssl, sys
+sys.path.insert(0, sys.argv[1])
+from gateway.mqtt import Endpoint, make_client
+host, port, user, password, ca = sys.argv[2:7]
+async def main():
+    tls = ssl.create_default_context(cafile=ca)
+    async with make_client(Endpoint(host, int(port), user, password, tls), "newbie"):
+        await asyncio.sleep(0.5)
+asyncio.run(asyncio.wait_for(main(), 20))
+print("connected")
+"""
+
+
+def test_a_registered_device_is_placed_where_its_broker_login_comes_from(
+        net: Net, lab: Lab) -> None:
+    newbie = DEV["newbie"]
+    probes = [tcp(CLOUD, 8443), tcp(CLOUD_OTHER, 8443)]
+    added = net.gateway.device("add", "newbie", "--kind", "camera")  # no address given
+    assert added.returncode == 0, added.stderr
+    try:
+        fields = dict(line.split(":", 1) for line in added.stdout.splitlines() if ":" in line)
+        assert lab.probe("newbie", probes) == [False, False], "unknown: quarantined"
+        # The device logs in to the broker's device listener over TLS, as a device does.
+        ca = net.gateway.state_dir / "pki" / "ca.crt"
+        done = lab.exec("newbie", sys.executable, "-c", LOGIN, str(REPO), GW_IOT, str(BROKER),
+                        fields["username"].strip(), fields["password"].strip(), str(ca),
+                        timeout=40)
+        assert "connected" in done.stdout
+        wait_until(lambda: "newbie" in {d["id"] for d in net.firewall_devices()
+                                        if newbie.v4 in d["addresses"]},
+                   SETTLE_S, "the gateway to learn newbie's address")
+        assert any(newbie.v4 in d for d in audited(net, "device.address", "learned"))
+        net.set_policy("newbie", "restricted", "lab-cam")  # adopt it
+        assert lab.probe("newbie", probes) == [True, False]
+    finally:
+        net.gateway.device("remove", "newbie")
 
 
 def test_device_to_device_only_where_a_profile_allows_the_pair(lab: Lab) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gateway.config import parse_config
 from gateway.firewall.dns import element_timeout, refresh_in
-from gateway.firewall.inventory import build_input, services
+from gateway.firewall.inventory import build_input, learn_address, services
 from gateway.firewall.manager import manifest, normalize_listing
 from gateway.firewall.model import Allow, Profile, Resolution
 from gateway.firewall.render import render_ruleset
@@ -147,3 +147,13 @@ def test_shipped_profiles_cover_every_device_kind() -> None:
     from gateway.firewall.profiles import SHIPPED_DIR, load_profiles
 
     assert set(KINDS) <= set(load_profiles(SHIPPED_DIR)), Path(SHIPPED_DIR)
+
+
+def test_a_device_is_placed_where_its_broker_login_came_from_once_per_family() -> None:
+    nets = ["192.168.50.0/24", "fd00:50::/64"]
+    assert learn_address(None, "192.168.50.7", nets) == "192.168.50.7"
+    assert learn_address("192.168.50.7", "fd00:50::7", nets) == "192.168.50.7 fd00:50::7"
+    assert learn_address("192.168.50.7", "192.168.50.8", nets) is None  # never replaced
+    assert learn_address(None, "127.0.0.1", nets) is None  # not the IoT segment
+    assert learn_address(None, "192.168.1.5", nets) is None
+    assert learn_address(None, "not-an-address", nets) is None
