@@ -241,7 +241,7 @@ class Daemon:
                 "plaintext_listeners": [f"{x.address}:{x.port}" for x in plaintext_listeners(
                     self.config)],
             },
-            "firewall": {**self.firewall.status(), "summary": self.firewall.summary()},
+            "firewall": self.firewall.status(),
             "web": {"urls": list(self.web.urls),
                     "setup_pending": bool(self.web.urls) and self.accounts.needs_setup()},
             "messages": {"accepted": c.accepted, "rejected": c.rejected, "unknown": c.unknown,
@@ -489,7 +489,7 @@ class Daemon:
             raise ControlError(str(exc)) from None
 
     async def _op_firewall_status(self, args: dict[str, Any]) -> Any:
-        return {**self.firewall.status(), "summary": self.firewall.summary()}
+        return self.firewall.status()
 
     def enrollment_info(self, token_id: str, token: str, expires_at: float) -> dict[str, Any]:
         """What a device needs to enroll: the token, where the broker is, the CA to pin."""

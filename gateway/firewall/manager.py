@@ -277,6 +277,7 @@ class Firewall:
         s = self.state
         return {
             "mode": self.mode,
+            "summary": self.summary(),
             "healthy": s.healthy,
             "enforcing": s.enforcing,
             "problem": s.problem,

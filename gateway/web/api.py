@@ -238,11 +238,6 @@ def credentials_tile(credentials: dict[str, Any]) -> dict[str, Any]:
 
 # -- the network guard (firewall) ---------------------------------------------------------
 
-def firewall_status(firewall: Firewall) -> dict[str, Any]:
-    """As `daemon.status()["firewall"]` has it, without the rest of the status."""
-    return {**firewall.status(), "summary": firewall.summary()}
-
-
 def firewall_notice(fw: dict[str, Any]) -> dict[str, str] | None:
     """The banner every page shows while the devices are not protected as configured."""
     problem = fw["problem"]
@@ -328,7 +323,7 @@ def firewall_device_view(device: Device, profile: Profile | None, placed: bool, 
 
 def firewall_view(daemon: Daemon) -> dict[str, Any]:
     firewall = daemon.firewall
-    status = firewall_status(firewall)
+    status = firewall.status()
     names = firewall.profile_names()  # reads the profile files: the current ones
     inventory = firewall.inventory
     placed = {rule.id for rule in inventory.input.devices} if inventory else set()
