@@ -37,8 +37,10 @@ __all__ = [
     "NetworkConfig",
     "TelemetryConfig",
     "WebConfig",
+    "is_loopback",
     "load_config",
     "parse_config",
+    "split_listen",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/home-gateway/gateway.toml")
@@ -355,6 +357,17 @@ def _ip(text: str, versions: tuple[int, ...] = (4, 6)) -> str | None:
     return str(address) if address.version in versions else None
 
 
+def split_listen(entry: str) -> tuple[str, int]:
+    """A checked `web.listen` entry -> (host without brackets, port)."""
+    host, _, port = entry.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address: only programs on this machine reach it."""
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
 class IPAddress(Spec):
     types = (str,)
     expected = 'an IPv4 or IPv6 address such as "192.168.1.10" or "::1"'
@@ -659,7 +672,7 @@ def _web_not_on_iot(values: Mapping[str, Any], ctx: _Ctx, key: str) -> None:
     if not isinstance(web, WebConfig) or not isinstance(network, NetworkConfig):
         return
     for i, listen in enumerate(web.listen):
-        host = listen.rpartition(":")[0].strip("[]")
+        host = split_listen(listen)[0]
         if host == "localhost":
             continue
         address = ipaddress.ip_address(host)

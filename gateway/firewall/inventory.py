@@ -9,7 +9,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.config import Config
+from gateway.config import Config, is_loopback, split_listen
 from gateway.firewall.model import (
     DeviceRule,
     FirewallInput,
@@ -45,11 +45,6 @@ def learn_address(known: str | None, address: str, iot_subnets: Iterable[str]) -
     return " ".join([*addresses, str(ip)])
 
 
-def _host(listen: str) -> str:
-    host = listen.rpartition(":")[0].strip("[]")
-    return "127.0.0.1" if host == "localhost" else host
-
-
 def services(config: Config) -> Services:
     """The gateway's TCP services, by who may reach them.
 
@@ -58,8 +53,8 @@ def services(config: Config) -> Services:
     address both sides; anywhere else (not loopback) the LAN side, which is where Home
     Assistant connects.
     """
-    admin = sorted({int(x.rpartition(":")[2]) for x in config.web.listen
-                    if not ipaddress.ip_address(_host(x)).is_loopback})
+    admin = sorted({port for host, port in map(split_listen, config.web.listen)
+                    if not is_loopback(host)})
     device_tcp: set[int] = set()
     ha_tcp: set[int] = set()
     iot_nets = [ipaddress.ip_network(n) for n in config.network.iot_subnets]

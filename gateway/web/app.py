@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import logging
 import secrets
 import ssl
@@ -22,7 +21,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web, web_response
 
-from gateway.config import WebConfig
+from gateway.config import WebConfig, is_loopback, split_listen
 from gateway.credentials.pki import Pki, host_names, issue_server_cert
 from gateway.web.accounts import Accounts, AuthError, Principal
 from gateway.web.api import (
@@ -66,15 +65,6 @@ HSTS = "max-age=31536000"
 # aiohttp answers requests it cannot parse itself, before any hook of ours runs, with its
 # default Server header "Python/x aiohttp/y". Replace that default for this process.
 web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
-
-
-def is_loopback(host: str) -> bool:
-    return host == "localhost" or ipaddress.ip_address(host).is_loopback
-
-
-def split_listen(entry: str) -> tuple[str, int]:
-    host, _, port = entry.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def host_of(header: str) -> str:
