@@ -274,24 +274,10 @@ class Firewall:
         return {c: self._base[c] + self._current[c] for c in DROP_CLASSES}
 
     def status(self) -> dict[str, Any]:
-        s = self.state
         return {
             "mode": self.mode,
             "summary": self.summary(),
-            "healthy": s.healthy,
-            "enforcing": s.enforcing,
-            "problem": s.problem,
-            "warnings": list(s.warnings),
-            "last_apply": s.last_apply,
-            "last_apply_ms": s.last_apply_ms,
-            "last_reason": s.last_reason,
-            "applies": s.applies,
-            "failures": s.failures,
-            "drift_repairs": s.drift_repairs,
-            "last_drift": s.last_drift,
-            "last_drift_at": s.last_drift_at,
-            "rules": s.rules,
-            "elements": s.elements,
+            **dataclasses.asdict(self.state),
             "dropped": self.totals(),
             "dns": {name: {"addresses": [str(a) for a in ans.addresses],
                            "ttl_s": round(ans.ttl), "ok": ans.ok}
@@ -457,7 +443,7 @@ class Firewall:
         self.script, self.applied = script, inventory.input
         self._baseline = normalize_listing(listing)
         self._current = dict.fromkeys(DROP_CLASSES, 0)  # a new table counts from zero
-        self._succeeded(reason, script, started, enforcing=True)
+        self._succeeded(reason, want, started, enforcing=True)
         await self._end_connections(changed)
         return True
 
@@ -472,22 +458,21 @@ class Firewall:
                 return self._failed(reason, f"nft rejected the ruleset: {exc}")
             problem = "not checked by nft (needs CAP_NET_ADMIN)"
         self.script, self.applied = script, inp
-        self._succeeded(reason, script, started, enforcing=False)
+        self._succeeded(reason, manifest(script), started, enforcing=False)
         self.state.problem = problem
         return True
 
-    def _succeeded(self, reason: str, script: str, started: float, *, enforcing: bool) -> None:
+    def _succeeded(self, reason: str, shape: dict[str, int], started: float, *,
+                   enforcing: bool) -> None:
+        """`shape`: the script's manifest (rules per chain, elements per set)."""
         s = self.state
         first_or_recovered = not s.healthy
         s.healthy, s.enforcing, s.problem = True, enforcing, ""
-        if first_or_recovered:
-            self.on_health()
         s.last_apply, s.last_reason = time.time(), reason
         s.last_apply_ms = round((time.monotonic() - started) * 1000, 1)
         s.applies += 1
-        s.rules = count_rules(script)
-        s.elements = sum(v for k, v in manifest(script).items() if not k.startswith(
-            ("chain", "counter")))
+        s.rules = sum(v for k, v in shape.items() if k.startswith("chain "))
+        s.elements = sum(v for k, v in shape.items() if k.startswith(("set ", "map ")))
         verb = "applied" if enforcing else "rendered (render-only: not applied)"
         log.info("firewall %s (%s): %d rules, %d set elements, %.0f ms", verb, reason,
                  s.rules, s.elements, s.last_apply_ms)
@@ -495,6 +480,8 @@ class Firewall:
             self.store.audit("system", "firewall.apply", "ok", detail=f"{reason}; {verb}; "
                              f"{s.rules} rules, {len(self.applied.devices) if self.applied else 0}"
                              " devices")
+        if first_or_recovered:  # after the state is complete: the summary names the rules
+            self.on_health()
 
     def _failed(self, reason: str, problem: str) -> bool:
         s = self.state
