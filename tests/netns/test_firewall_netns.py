@@ -240,6 +240,10 @@ def test_a_registered_device_is_placed_where_its_broker_login_comes_from(
         assert lab.probe("newbie", probes) == [True, False]
     finally:
         net.gateway.device("remove", "newbie")
+        # Let that re-apply land now, not in the middle of the next test (a whole new
+        # table restarts the counters it compares).
+        wait_until(lambda: 'comment "newbie"' not in (lab.listing() or 'comment "newbie"'),
+                   SETTLE_S, "newbie's removal to reach the ruleset")
 
 
 def test_device_to_device_only_where_a_profile_allows_the_pair(lab: Lab) -> None:
