@@ -260,8 +260,8 @@ def cmd_firewall(args: argparse.Namespace) -> int:
 def _firewall_render(config: Config) -> int:
     """The ruleset the daemon would apply now, from the config, the device registry and
     the profiles (DNS names unresolved: their sets fill at run time)."""
-    from gateway.firewall.inventory import build_input
-    from gateway.firewall.profiles import SHIPPED_DIR, ProfileError, load_profiles
+    from gateway.firewall.inventory import build_input, profile_dirs
+    from gateway.firewall.profiles import ProfileError, load_profiles
     from gateway.firewall.render import RenderError, dns_names, render_ruleset
     from gateway.store import Store
 
@@ -278,7 +278,7 @@ def _firewall_render(config: Config) -> int:
         finally:
             store.close()
     try:
-        profiles = load_profiles(SHIPPED_DIR, config.firewall.profiles_dir)
+        profiles = load_profiles(*profile_dirs(config))
         inventory = build_input(config, devices, profiles, {})
         script = render_ruleset(inventory.input)
     except (ProfileError, RenderError) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.config import Config, is_loopback, split_listen
 from gateway.firewall.model import (
@@ -18,9 +19,17 @@ from gateway.firewall.model import (
     Resolution,
     Services,
 )
+from gateway.firewall.profiles import SHIPPED_DIR
 from gateway.store import Device
 
-__all__ = ["Inventory", "build_input", "device_profile", "learn_address", "services"]
+__all__ = ["Inventory", "build_input", "device_profile", "learn_address", "profile_dirs",
+           "services"]
+
+
+def profile_dirs(config: Config) -> tuple[Path, Path]:
+    """Where profiles come from: the shipped ones, then the local folder, whose files
+    replace shipped ones of the same name."""
+    return SHIPPED_DIR, config.firewall.profiles_dir
 
 
 def device_profile(device: Device) -> str:

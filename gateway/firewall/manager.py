@@ -23,13 +23,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from gateway.aio import cancel_and_wait
 from gateway.config import Config
 from gateway.firewall import dns
-from gateway.firewall.inventory import Inventory, build_input, learn_address
+from gateway.firewall.inventory import Inventory, build_input, learn_address, profile_dirs
 from gateway.firewall.model import (
     DROP_CLASSES,
     POLICIES,
@@ -38,7 +37,7 @@ from gateway.firewall.model import (
     Profile,
     Resolution,
 )
-from gateway.firewall.profiles import SHIPPED_DIR, ProfileError, load_profiles
+from gateway.firewall.profiles import ProfileError, load_profiles
 from gateway.firewall.render import (
     RenderError,
     count_rules,
@@ -235,14 +234,12 @@ class FirewallState:
 class Firewall:
     def __init__(self, config: Config, store: Store, devices: Callable[[], Iterable[Device]],
                  on_change: Callable[[], None] = lambda: None,
-                 on_health: Callable[[], None] = lambda: None,
-                 shipped_profiles: Path = SHIPPED_DIR) -> None:
+                 on_health: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.store = store
         self.devices = devices
         self.on_change = on_change  # after a policy change is committed
         self.on_health = on_health  # when it turns healthy or unhealthy (systemd STATUS)
-        self.shipped = shipped_profiles
         self.nft = Nft(config.firewall.nft)
         self.state = FirewallState()
         self.profiles: dict[str, Profile] = {}
@@ -386,7 +383,7 @@ class Firewall:
 
     def _load_profiles(self) -> dict[str, Profile]:
         try:
-            self.profiles = load_profiles(self.shipped, self.config.firewall.profiles_dir)
+            self.profiles = load_profiles(*profile_dirs(self.config))
         except ProfileError as exc:  # keep the profiles that were good
             raise RenderError([f"profiles: {p}" for p in exc.problems]) from None
         return self.profiles
@@ -547,7 +544,7 @@ class Firewall:
 
     def _profiles_fingerprint(self) -> tuple[Any, ...]:
         stamps = []
-        for folder in (self.shipped, self.config.firewall.profiles_dir):
+        for folder in profile_dirs(self.config):
             with contextlib.suppress(OSError):
                 stamps += [(p.name, p.stat().st_mtime_ns, p.stat().st_size)
                            for p in sorted(folder.glob("*.toml"))]
