@@ -15,6 +15,16 @@ class BodyError(Exception):
         self.status = status
 
 
+def _annotated(out: dict[str, Any], description: str, nullable: bool = False
+               ) -> dict[str, Any]:
+    """A field's OpenAPI schema with what every kind of field may add."""
+    if nullable:
+        out["nullable"] = True
+    if description:
+        out["description"] = description
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Str:
     """A string; `nullable` also accepts JSON null ("the default")."""
@@ -46,11 +56,7 @@ class Str:
             out["pattern"] = self.pattern
         if self.format:
             out["format"] = self.format
-        if self.nullable:
-            out["nullable"] = True
-        if self.description:
-            out["description"] = self.description
-        return out
+        return _annotated(out, self.description, self.nullable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +81,7 @@ class Int:
 
     def openapi(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "integer", "minimum": self.min, "maximum": self.max}
-        if self.nullable:
-            out["nullable"] = True
-        if self.description:
-            out["description"] = self.description
-        return out
+        return _annotated(out, self.description, self.nullable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +96,7 @@ class Obj:
             raise BodyError(f"{name}: expected a JSON object")
 
     def openapi(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "object", "additionalProperties": True}
-        if self.description:
-            out["description"] = self.description
-        return out
+        return _annotated({"type": "object", "additionalProperties": True}, self.description)
 
 
 @dataclass(frozen=True, slots=True)
