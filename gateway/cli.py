@@ -368,6 +368,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_sim_cloud(args: argparse.Namespace) -> int:
+    from gateway.sim.cloud import main as sim_cloud
+
+    setup_logging("warning")
+    return sim_cloud(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="home-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -451,6 +458,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: each kind's realistic rate)")
     simdev.add_argument("--duration", type=float, help="stop after this many seconds")
     simdev.set_defaults(func=cmd_sim)
+    simcloud = ssub.add_parser(
+        "cloud", help="run a simulated vendor cloud (TLS broker + signed commands)")
+    simcloud.add_argument("--dir", metavar="DIR", help="its CA, keys and passwords "
+                          "(default: a new directory under /tmp, kept)")
+    simcloud.add_argument("--address", default="127.0.0.1", help="listen address")
+    simcloud.add_argument("--port", type=int, help="listen port (default: a free one)")
+    simcloud.add_argument("--gateway-id", default="home-1")
+    simcloud.add_argument("--mtls", action="store_true",
+                          help="the gateway logs in with a client certificate")
+    simcloud.add_argument("--device", action="append", metavar="ID=ACTION:JSONPARAMS",
+                          help='a command to send, e.g. plug-1=set:\'{"on": true}\' '
+                               "(repeatable; sent in turn)")
+    simcloud.add_argument("--every", type=float, default=5.0,
+                          help="seconds between commands (default 5)")
+    simcloud.add_argument("--duration", type=float, help="stop after this many seconds")
+    simcloud.set_defaults(func=cmd_sim_cloud)
     return parser
 
 

@@ -17,16 +17,20 @@ import difflib
 import ipaddress
 import re
 import tomllib
+import urllib.parse
+import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.cloud.envelope import load_public_key
 from gateway.devices.kinds import KINDS
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "BrokerConfig",
+    "CloudConfig",
     "Config",
     "ConfigError",
     "DeviceDecl",
@@ -35,6 +39,8 @@ __all__ = [
     "GatewayConfig",
     "Listener",
     "NetworkConfig",
+    "SchedulesConfig",
+    "SignerDecl",
     "TelemetryConfig",
     "WebConfig",
     "is_loopback",
@@ -136,6 +142,50 @@ class FirewallConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SignerDecl:
+    kid: str
+    public_key: str  # base64url of the raw 32-byte Ed25519 key, checked
+    devices: tuple[str, ...]  # shell-style patterns of device ids
+    actions: tuple[str, ...]  # shell-style patterns of actions
+
+
+@dataclass(frozen=True, slots=True)
+class CloudConfig:
+    host: str | None  # None: no cloud link (local control and the signed local API remain)
+    port: int
+    gateway_id: str | None
+    ca_file: Path | None
+    username: str | None
+    password_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+    keepalive_s: int
+    command_timeout_s: int
+    max_clock_skew_s: int
+    max_command_lifetime_s: int
+    telemetry: bool
+    telemetry_interval_s: int
+    spool_max_bytes: int
+    spool_max_age_s: int
+    backoff_initial_s: int  # reconnect delays: full jitter under a ceiling that doubles
+    backoff_max_s: int  # from backoff_initial_s up to backoff_max_s
+    signers: tuple[SignerDecl, ...]
+
+    @property
+    def url(self) -> str | None:
+        if self.host is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtts://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulesConfig:
+    timezone: str | None  # an IANA name; None: the system's (/etc/localtime)
+    missed_grace_s: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceDecl:
     id: str
     name: str
@@ -156,6 +206,8 @@ class Config:
     telemetry: TelemetryConfig
     network: NetworkConfig
     firewall: FirewallConfig
+    cloud: CloudConfig
+    schedules: SchedulesConfig
     devices: tuple[DeviceDecl, ...]
     source: Path
 
@@ -425,6 +477,50 @@ class MacAddress(Spec):
         if not self._FORM.fullmatch(value):
             raise _Invalid("is not a MAC address")
         return value.lower().replace("-", ":")
+
+
+class MqttsUrl(Spec):
+    """mqtts://host[:port]: TLS is not optional on the way to the cloud. Converts to
+    (host, port)."""
+
+    types = (str,)
+    expected = 'a URL "mqtts://host" or "mqtts://host:port" (TLS; port default 8883)'
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        try:
+            url = urllib.parse.urlsplit(value)
+            port = url.port or 8883
+        except ValueError as exc:
+            raise _Invalid(f"is not valid ({exc})") from None
+        if url.scheme != "mqtts":
+            raise _Invalid("does not start with mqtts://")
+        if not url.hostname or url.path not in ("", "/") or url.query or url.username:
+            raise _Invalid("is not of the form mqtts://host:port")
+        return url.hostname, port
+
+
+class Ed25519Key(Spec):
+    types = (str,)
+    expected = "an Ed25519 public key: base64url of its 32 raw bytes"
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        try:
+            load_public_key(value)
+        except ValueError as exc:
+            raise _Invalid(f"is {exc}") from None
+        return value.strip()
+
+
+class TimeZone(Spec):
+    types = (str,)
+    expected = 'an IANA time zone name such as "Europe/Berlin"'
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise _Invalid("is not a known time zone") from None
+        return value
 
 
 class HostPort(Spec):
@@ -790,6 +886,83 @@ _FIREWALL = Table(
     },
 )
 
+_PATTERNS = ListOf(Text('a pattern of 1 to 64 characters such as "*" or "bulb-*"', 64),
+                   "an array of strings", [Unique()])
+
+_SIGNER = Table(
+    SignerDecl,
+    {
+        "kid": Key(Text('a key id of 1 to 64 characters from A-Z, a-z, 0-9, ".", "_" and "-"',
+                        64, r"[A-Za-z0-9._-]{1,64}")),
+        "public_key": Key(Ed25519Key()),
+        "devices": Key(_PATTERNS, ["*"]),
+        "actions": Key(_PATTERNS, ["*"]),
+    },
+)
+
+
+def _cloud(*, url: tuple[str, int] | None, signers: tuple[SignerDecl, ...],
+           **values: Any) -> CloudConfig:
+    host, port = url or (None, 8883)
+    return CloudConfig(host=host, port=port, signers=signers, **values)
+
+
+def _cloud_rules(values: Mapping[str, Any], ctx: _Ctx, key: str) -> None:
+    """With a URL, the link needs an identity, a pinned CA and exactly one way to log in."""
+    if values["url"] is None:
+        return
+    for name in ("gateway_id", "ca_file"):
+        if values[name] is None:
+            ctx.report(_join(key, name), "missing", f"{name} when cloud.url is set")
+    password = values["username"] is not None or values["password_file"] is not None
+    cert = values["cert_file"] is not None or values["key_file"] is not None
+    if password == cert:
+        ctx.report(_join(key, "username"), "no single way to log in" if password else "missing",
+                   "either username and password_file, or cert_file and key_file")
+    for a, b in (("username", "password_file"), ("cert_file", "key_file")):
+        if (values[a] is None) != (values[b] is None):
+            missing = a if values[a] is None else b
+            ctx.report(_join(key, missing), "missing", f"{a} and {b} together")
+    if (isinstance(values["backoff_initial_s"], int) and isinstance(values["backoff_max_s"], int)
+            and values["backoff_initial_s"] > values["backoff_max_s"]):
+        ctx.report(_join(key, "backoff_initial_s"), "is above backoff_max_s",
+                   "at most backoff_max_s")
+
+
+_CLOUD = Table(
+    _cloud,
+    {
+        "url": Key(MqttsUrl(), None),
+        "gateway_id": Key(Text('3 to 40 characters from a-z, 0-9 and "-"', 40,
+                               r"[a-z0-9-]{3,40}"), None),
+        "ca_file": Key(FilePath("a file path"), None),
+        "username": Key(Text("a user name of 1 to 256 characters", 256), None),
+        "password_file": Key(FilePath("a file path"), None),
+        "cert_file": Key(FilePath("a file path"), None),
+        "key_file": Key(FilePath("a file path"), None),
+        "keepalive_s": Key(Integer(5, 3600), 60),
+        "command_timeout_s": Key(Integer(1, 300), 10),
+        "max_clock_skew_s": Key(Integer(0, 3600), 60),
+        "max_command_lifetime_s": Key(Integer(1, 86400), 3600),
+        "telemetry": Key(Boolean(), False),
+        "telemetry_interval_s": Key(Integer(1, 86400), 60),
+        "spool_max_bytes": Key(Integer(65536, 1073741824), 16777216),
+        "spool_max_age_s": Key(Integer(60, 31536000), 604800),
+        "backoff_initial_s": Key(Integer(1, 3600), 1),
+        "backoff_max_s": Key(Integer(1, 86400), 300),
+        "signers": Key(ListOf(_SIGNER, "an array of tables", [Unique("kid")]), []),
+    },
+    rules=[_cloud_rules],
+)
+
+_SCHEDULES = Table(
+    SchedulesConfig,
+    {
+        "timezone": Key(TimeZone(), None),
+        "missed_grace_s": Key(Integer(0, 86400), 900),
+    },
+)
+
 _DEVICE = Table(
     _device,
     {
@@ -814,6 +987,8 @@ _ROOT = Table(
         "telemetry": Key(_TELEMETRY, {}),
         "network": Key(_NETWORK, {}),
         "firewall": Key(_FIREWALL, {}),
+        "cloud": Key(_CLOUD, {}),
+        "schedules": Key(_SCHEDULES, {}),
         "devices": Key(
             ListOf(
                 _DEVICE,

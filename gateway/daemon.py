@@ -1,7 +1,7 @@
 """The daemon: composes the services, owns their start/stop order, reload and health.
 
-Start: store -> broker -> the gateway's MQTT session -> devices -> control socket -> web
-admin -> READY.
+Start: store -> broker -> the gateway's MQTT session -> devices -> firewall -> enrollment
+and rotation -> cloud relay -> control socket -> web admin -> READY.
 Stop is the reverse. SIGHUP re-reads the config; an invalid one is logged and ignored.
 """
 
@@ -25,6 +25,7 @@ from gateway.aio import cancel_and_wait
 from gateway.broker.dynsec import RESPONSE_TOPIC, DynsecClient
 from gateway.broker.process import BrokerError, EmbeddedBroker
 from gateway.broker.render import GATEWAY_USERNAME, BrokerFiles, ListenerSpec, client_address
+from gateway.cloud.service import CloudRelay
 from gateway.config import Config, ConfigError, Listener, load_config
 from gateway.control import ControlError, ControlServer
 from gateway.credentials.pki import Pki, ca_fingerprint, ensure_ca
@@ -182,6 +183,7 @@ class Daemon:
         self.firewall = Firewall(config, self.store, self.devices.devices,
                                  on_change=self.devices.reload,
                                  on_health=lambda: self.notifier.status(self.status_line()))
+        self.cloud = CloudRelay(config, self.store, self.devices)
         self.refused_logins: dict[str, int] = {}  # by address, not yet audited
         self.refused_total = 0
         self.rates = MessageRate(lambda: self.devices.counters.accepted)
@@ -198,6 +200,7 @@ class Daemon:
             "device.rotate": self._op_device_rotate,
             "device.policy": self._op_device_policy,
             "firewall.status": self._op_firewall_status,
+            "cloud.status": self._op_cloud_status,
             "setup.code": self._op_setup_code,
         })
         self.setup_code: str | None = None
@@ -242,6 +245,7 @@ class Daemon:
                     self.config)],
             },
             "firewall": self.firewall.status(),
+            "cloud": self.cloud.status(),
             "web": {"urls": list(self.web.urls),
                     "setup_pending": bool(self.web.urls) and self.accounts.needs_setup()},
             "messages": {"accepted": c.accepted, "rejected": c.rejected, "unknown": c.unknown,
@@ -256,7 +260,7 @@ class Daemon:
         d, m = s["devices"], s["messages"]
         return (f"Running: {d['online']}/{d['total']} devices online, "
                 f"{m['accepted']} messages accepted, {m['rejected']} rejected; "
-                f"{s['firewall']['summary']}")
+                f"{s['firewall']['summary']}; {self.cloud.summary()}")
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -280,6 +284,7 @@ class Daemon:
         await self.firewall.start()
         await self.enrollments.start()
         await self.rotator.start()
+        await self.cloud.start()
         for listener in plaintext_listeners(self.config):
             log.warning("broker: %s:%d is a plain-text listener: device credentials cross "
                         "the network readable (legacy devices only)", listener.address,
@@ -305,6 +310,7 @@ class Daemon:
         await cancel_and_wait(*self._tasks)
         await self.web.stop()
         await self.control.stop()
+        await self.cloud.stop()
         await self.rotator.stop()
         await self.enrollments.stop()
         await self.firewall.stop()
@@ -373,6 +379,10 @@ class Daemon:
             self.enrollments.ttl_s = new.credentials.enrollment_minutes * 60.0
         await self.devices.sync_declared(new.devices)
         await self.firewall.reconfigure(new)
+        if new.cloud != old.cloud:
+            log.warning("reload: the [cloud] link settings take effect at restart; signer "
+                        "keys and limits apply now")
+        self.cloud.configure(new)
         self.store.audit("system", "config.reload", "ok")
         log.info("configuration reloaded from %s", self.config_path)
         self.notifier.ready(self.status_line())
@@ -452,8 +462,9 @@ class Daemon:
 
     async def _op_device_command(self, args: dict[str, Any]) -> Any:
         try:
-            return await self.devices.send_command(
-                str(args["id"]), str(args["action"]), args.get("params") or {}, source="admin")
+            return await self.cloud.command(
+                str(args["id"]), str(args["action"]), args.get("params") or {},
+                source="admin", actor="admin")
         except CommandRejected as exc:
             raise ControlError(str(exc)) from None
 
@@ -490,6 +501,9 @@ class Daemon:
 
     async def _op_firewall_status(self, args: dict[str, Any]) -> Any:
         return self.firewall.status()
+
+    async def _op_cloud_status(self, args: dict[str, Any]) -> Any:
+        return self.cloud.status()
 
     def enrollment_info(self, token_id: str, token: str, expires_at: float) -> dict[str, Any]:
         """What a device needs to enroll: the token, where the broker is, the CA to pin."""

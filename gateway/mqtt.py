@@ -87,16 +87,22 @@ class Endpoint:
 
 @dataclass(slots=True)
 class Backoff:
-    """Exponential backoff with jitter: each delay is drawn from [½·d, d], d doubling."""
+    """Exponential backoff with jitter: a ceiling d doubling from `initial` to `maximum`,
+    each delay drawn from [½·d, d], or from [0, d] with `full_jitter` (many clients that
+    lost one server then come back spread out, not in waves)."""
 
     initial: float = 0.25
     maximum: float = 30.0
     attempt: int = 0
+    full_jitter: bool = False
+
+    def ceiling(self) -> float:
+        return min(self.maximum, self.initial * 2.0 ** min(self.attempt, 64))
 
     def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2.0 ** min(self.attempt, 64))
+        ceiling = self.ceiling()
         self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
+        return random.uniform(0.0 if self.full_jitter else ceiling / 2, ceiling)
 
     def reset(self) -> None:
         self.attempt = 0

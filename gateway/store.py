@@ -153,6 +153,56 @@ MIGRATIONS: tuple[str, ...] = (
         CHECK (policy IN ('quarantine', 'restricted', 'open', 'blocked'));
     ALTER TABLE devices ADD COLUMN profile TEXT;
     """,
+    # v5: the cloud relay. Accepted command ids until they expire (replay cache), the
+    # outbound spool, per-device desired state (each key with its time and side), the
+    # local schedules and the command log.
+    """
+    CREATE TABLE replay (
+        kid         TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        exp         REAL NOT NULL,
+        PRIMARY KEY (kid, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE spool (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        class       TEXT NOT NULL CHECK (class IN ('result', 'shadow', 'telemetry')),
+        topic       TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        created     REAL NOT NULL
+    );
+    CREATE INDEX spool_class ON spool (class, seq);
+    CREATE TABLE shadows (
+        device_id   TEXT PRIMARY KEY REFERENCES devices (id) ON DELETE CASCADE,
+        desired     TEXT NOT NULL DEFAULT '{}',
+        desired_version INTEGER NOT NULL DEFAULT 0,
+        reported_version INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE schedules (
+        id          TEXT PRIMARY KEY,
+        device_id   TEXT NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        when_text   TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        params      TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        enabled     INTEGER NOT NULL DEFAULT 1,
+        created_at  REAL NOT NULL,
+        last_at     REAL NOT NULL,
+        last_result TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE commands (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts          REAL NOT NULL,
+        command_id  TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        device_id   TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        reason      TEXT NOT NULL DEFAULT '',
+        latency_ms  REAL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -268,6 +318,34 @@ class AuditEntry:
     target: str
     result: str
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    id: str
+    device_id: str
+    name: str
+    when: str  # as gateway.cloud.schedule.parse_when normalizes it
+    action: str
+    params: dict[str, Any]
+    source: str  # "cloud" or "admin"
+    enabled: bool
+    created_at: float
+    last_at: float  # the last instant handled (run or skipped); created_at at first
+    last_result: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandEntry:
+    ts: float
+    command_id: str
+    source: str  # cloud, local-signed, admin, homeassistant, schedule
+    actor: str
+    device_id: str
+    action: str
+    outcome: str  # ok, error, timeout, offline, rejected
+    reason: str = ""
+    latency_ms: float | None = None
 
 
 def _enrollment(row: sqlite3.Row) -> Enrollment:
@@ -744,6 +822,119 @@ class Store:
     def touch_api_token(self, id: str, now: float) -> None:
         with self.transaction():
             self.db.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, id))
+
+    # -- cloud relay -------------------------------------------------------------------
+
+    def replay_seen(self, kid: str, id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM replay WHERE kid = ? AND id = ?",
+                               (kid, id)).fetchone() is not None
+
+    def replay_add(self, kid: str, id: str, exp: float, *, forget_before: float) -> bool:
+        """Record an accepted command id; False when it was already there (a replay that
+        raced its twin). Ids whose command expired before `forget_before` are dropped."""
+        with self.transaction():
+            self.db.execute("DELETE FROM replay WHERE exp < ?", (forget_before,))
+            cursor = self.db.execute("INSERT OR IGNORE INTO replay VALUES (?, ?, ?)",
+                                     (kid, id, exp))
+        return cursor.rowcount == 1
+
+    def spool_append(self, cls: str, topic: str, body: str, now: float) -> int:
+        with self.transaction():
+            cursor = self.db.execute(
+                "INSERT INTO spool (class, topic, body, created) VALUES (?, ?, ?, ?)",
+                (cls, topic, body, now))
+        return int(cursor.lastrowid or 0)
+
+    def spool_rows(self, after: int, limit: int) -> list[tuple[int, str, str, str, float]]:
+        """(seq, class, topic, body, created), oldest first."""
+        rows = self.db.execute("SELECT seq, class, topic, body, created FROM spool"
+                               " WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+        return [tuple(r) for r in rows]
+
+    def spool_delete(self, seqs: Iterable[int]) -> None:
+        with self.transaction():
+            self.db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
+
+    def spool_sizes(self) -> dict[str, tuple[int, int, float | None]]:
+        """class -> (messages, bytes, oldest created)."""
+        rows = self.db.execute("SELECT class, count(*), coalesce(sum(length(body)), 0),"
+                               " min(created) FROM spool GROUP BY class")
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def spool_oldest(self, cls: str, limit: int) -> list[tuple[int, int]]:
+        """(seq, bytes) of the oldest messages of a class."""
+        rows = self.db.execute("SELECT seq, length(body) FROM spool WHERE class = ?"
+                               " ORDER BY seq LIMIT ?", (cls, limit))
+        return [(r[0], r[1]) for r in rows]
+
+    def spool_expire(self, before: float) -> dict[str, tuple[int, int]]:
+        """Delete messages created before `before`; class -> (messages, bytes) deleted."""
+        with self.transaction():
+            gone = {r[0]: (r[1], r[2]) for r in self.db.execute(
+                "SELECT class, count(*), sum(length(body)) FROM spool WHERE created < ?"
+                " GROUP BY class", (before,))}
+            self.db.execute("DELETE FROM spool WHERE created < ?", (before,))
+        return gone
+
+    def shadow(self, device_id: str) -> tuple[dict[str, Any], int, int]:
+        """(desired {key: {"value", "ts", "side"}}, desired version, reported version)."""
+        row = self.db.execute("SELECT desired, desired_version, reported_version FROM shadows"
+                              " WHERE device_id = ?", (device_id,)).fetchone()
+        return (json.loads(row[0]), row[1], row[2]) if row else ({}, 0, 0)
+
+    def save_shadow(self, device_id: str, desired: dict[str, Any], desired_version: int,
+                    reported_version: int) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO shadows VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET"
+                " desired = excluded.desired, desired_version = excluded.desired_version,"
+                " reported_version = excluded.reported_version",
+                (device_id, json.dumps(desired), desired_version, reported_version))
+
+    def put_schedule(self, schedule: Schedule) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO schedules VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET device_id = excluded.device_id,"
+                " name = excluded.name, when_text = excluded.when_text,"
+                " action = excluded.action, params = excluded.params,"
+                " source = excluded.source, enabled = excluded.enabled,"
+                " last_at = excluded.last_at",
+                (schedule.id, schedule.device_id, schedule.name, schedule.when,
+                 schedule.action, json.dumps(schedule.params), schedule.source,
+                 int(schedule.enabled), schedule.created_at, schedule.last_at,
+                 schedule.last_result))
+
+    def schedules(self) -> list[Schedule]:
+        rows = self.db.execute("SELECT * FROM schedules ORDER BY id")
+        return [Schedule(r["id"], r["device_id"], r["name"], r["when_text"], r["action"],
+                         json.loads(r["params"]), r["source"], bool(r["enabled"]),
+                         r["created_at"], r["last_at"], r["last_result"]) for r in rows]
+
+    def schedule_ran(self, id: str, last_at: float, result: str) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE schedules SET last_at = ?, last_result = ? WHERE id = ?",
+                            (last_at, result, id))
+
+    def delete_schedule(self, id: str) -> bool:
+        with self.transaction():
+            return self.db.execute("DELETE FROM schedules WHERE id = ?", (id,)).rowcount == 1
+
+    def log_command(self, entry: CommandEntry, keep: int = 1000) -> None:
+        with self.transaction():
+            cursor = self.db.execute(
+                "INSERT INTO commands (ts, command_id, source, actor, device_id, action,"
+                " outcome, reason, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entry.ts, entry.command_id, entry.source, entry.actor, entry.device_id,
+                 entry.action, entry.outcome, entry.reason, entry.latency_ms))
+            self.db.execute("DELETE FROM commands WHERE seq <= ?", ((cursor.lastrowid or 0)
+                                                                   - keep,))
+
+    def command_log(self, limit: int = 100) -> list[CommandEntry]:
+        rows = self.db.execute("SELECT ts, command_id, source, actor, device_id, action,"
+                               " outcome, reason, latency_ms FROM commands"
+                               " ORDER BY seq DESC LIMIT ?", (limit,))
+        return [CommandEntry(*r) for r in rows]
 
     def setting(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()

@@ -7,7 +7,7 @@ and, later, discovery payloads, so a kind is described in exactly one place.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -45,6 +45,22 @@ class Kind:
     telemetry_interval_s: float  # how often a real device of this kind reports
     metrics: tuple[str, ...]  # telemetry keys besides "ts"
     actions: Mapping[str, Mapping[str, Param]]
+    # State keys a command sets, and the one-parameter action that sets each: the shadow's
+    # desired state is made of these (and a command on them updates it).
+    settable: Mapping[str, str] = field(default_factory=dict)
+
+    def command_for(self, key: str, value: Any) -> tuple[str, dict[str, Any]] | None:
+        """The (action, params) that sets state `key` to `value`, or None."""
+        action = self.settable.get(key)
+        if action is None:
+            return None
+        (param,) = self.actions[action]
+        return action, {param: value}
+
+    def state_set_by(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The desired state a command on this kind asks for ({} when it sets none)."""
+        return {key: params[param] for key, act in self.settable.items() if act == action
+                for param in self.actions[act] if param in params}
 
 
 _ON = {"on": Param(bool)}
@@ -60,16 +76,20 @@ KINDS: dict[str, Kind] = {
                 "set_target": {"target": Param(float, 5, 30)},
                 "set_mode": {"mode": Param(str, choices=("off", "heat", "cool", "auto"))},
             },
+            {"target": "set_target", "mode": "set_mode"},
         ),
-        Kind("plug", 10.0, ("power_w", "energy_wh", "on"), {"set_power": _ON}),
+        Kind("plug", 10.0, ("power_w", "energy_wh", "on"), {"set_power": _ON},
+             {"on": "set_power"}),
         Kind(
             "bulb",
             60.0,
             ("on", "brightness"),
             {"set_power": _ON, "set_brightness": {"brightness": Param(int, 0, 100)}},
+            {"on": "set_power", "brightness": "set_brightness"},
         ),
         Kind("door", 60.0, ("open", "battery"), {"identify": {}}),
-        Kind("camera", 15.0, ("motion", "recording"), {"set_recording": _ON}),
+        Kind("camera", 15.0, ("motion", "recording"), {"set_recording": _ON},
+             {"recording": "set_recording"}),
         Kind("sensor", 60.0, ("temperature", "humidity", "battery"), {"identify": {}}),
     )
 }

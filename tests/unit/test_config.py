@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from gateway.config import (
     DEFAULT_CONFIG_PATH,
     BrokerConfig,
+    CloudConfig,
     Config,
     ConfigError,
     CredentialsConfig,
@@ -24,6 +25,7 @@ from gateway.config import (
     GatewayConfig,
     Listener,
     NetworkConfig,
+    SchedulesConfig,
     TelemetryConfig,
     WebConfig,
     load_config,
@@ -99,9 +101,39 @@ def test_minimal_config_gets_the_defaults() -> None:
         firewall=FirewallConfig(mode="enforce", nft="/usr/sbin/nft",
                                 profiles_dir=Path("/etc/home-gateway/profiles"),
                                 log_per_minute=10, check_interval_s=30),
+        cloud=CloudConfig(host=None, port=8883, gateway_id=None, ca_file=None, username=None,
+                          password_file=None, cert_file=None, key_file=None, keepalive_s=60,
+                          command_timeout_s=10, max_clock_skew_s=60,
+                          max_command_lifetime_s=3600, telemetry=False,
+                          telemetry_interval_s=60, spool_max_bytes=16777216,
+                          spool_max_age_s=604800, backoff_initial_s=1, backoff_max_s=300,
+                          signers=()),
+        schedules=SchedulesConfig(timezone=None, missed_grace_s=900),
         devices=(),
         source=Path("<string>"),
     )
+    assert config.cloud.url is None  # no link unless asked for
+
+
+def test_cloud_link_and_signers() -> None:
+    config = parse_config(LISTENER + """
+[cloud]
+url = "mqtts://[2001:db8::1]"
+gateway_id = "home-1"
+ca_file = "/etc/home-gateway/cloud-ca.pem"
+cert_file = "gw.crt"
+key_file = "gw.key"
+
+[[cloud.signers]]
+kid = "vendor-2026"
+public_key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+devices = ["bulb-*"]
+actions = ["set_power"]
+""")
+    assert config.cloud.url == "mqtts://[2001:db8::1]:8883"
+    assert config.cloud.host == "2001:db8::1"
+    assert config.cloud.signers[0].devices == ("bulb-*",)
+    assert config.cloud.signers[0].actions == ("set_power",)
 
 
 def test_default_state_dir() -> None:
@@ -366,8 +398,8 @@ def test_odd_keys_and_values_stay_on_one_line() -> None:
     lines = problems(f'"we\\nird\\"key" = 1\n{LISTENER}[broker]\nmode = "a\\u2028b{"x" * 100}"\n')
     assert lines == [
         '<string>:"we\\nird\\"key": unknown key '
-        "(expected one of: broker, credentials, devices, firewall, gateway, network, telemetry, "
-            "web)",
+        "(expected one of: broker, cloud, credentials, devices, firewall, gateway, network, "
+        "schedules, telemetry, web)",
         '<string>:broker.mode: "a\\u2028b' + "x" * 57 + '"... is not allowed '
         '(expected one of: "embedded", "external")',
     ]

@@ -1,0 +1,1 @@
+"""The cloud relay: outbound link, command verification, spool, shadows, schedules."""
