@@ -39,6 +39,10 @@ from gateway.store import CommandEntry, Schedule, Store
 log = logging.getLogger(__name__)
 
 SOURCES = ("cloud", "local-signed", "admin", "homeassistant", "schedule")
+# Whose results the cloud hears: its own commands and those of the owner's app (signed by
+# the vendor's keys) and its schedules. What the household does locally (admin page, Home
+# Assistant, its own schedules) stays local.
+REPORTED_SOURCES = ("cloud", "local-signed")
 MAX_IN_FLIGHT = 64  # cloud commands being carried out at once; more are refused "busy"
 SEND_BATCH = 100
 SHADOW_INTERVAL_S = 1.0
@@ -167,6 +171,11 @@ class CloudRelay:
             self.store.audit("system", "cloud.link", "lost", detail=error or "disconnected")
             log.warning("cloud link lost (%s); commands continue locally", error)
 
+    def _report(self, cls: str, leaf: str, body: dict[str, Any]) -> None:
+        """Spool a message for the cloud (nothing is kept when there is no cloud)."""
+        if self.enabled:
+            self.spool.append(cls, leaf, body)
+
     def _history(self, event: str, detail: str) -> None:
         self.link_history.append({"ts": time.time(), "event": event, "detail": detail})
 
@@ -197,7 +206,7 @@ class CloudRelay:
             raw: dict[str, Any] = {}
             with contextlib.suppress(env.Rejected):
                 raw = env.parse(message.payload)
-            self.spool.append("result", "cmd/result", self._reply_rejected(env.Rejected(
+            self._report("result", "cmd/result", self._reply_rejected(env.Rejected(
                 "busy", f"more than {MAX_IN_FLIGHT} commands in progress"), "cloud", raw))
             return
         task = asyncio.get_running_loop().create_task(
@@ -233,8 +242,8 @@ class CloudRelay:
             result = self._reply_rejected(exc, source, raw)
         else:
             result = await self._accepted(envelope, commands, source, started)
-        if source == "cloud":
-            self.spool.append("result", "cmd/result", result)
+        if source in REPORTED_SOURCES:
+            self._report("result", "cmd/result", dict(result, source=source))
         return result
 
     async def _accepted(self, envelope: env.Envelope, commands: list[tuple[str, dict[str, Any]]],
@@ -395,14 +404,13 @@ class CloudRelay:
                 reported_version += 1
                 self._reported[device_id] = reported
                 self.store.save_shadow(device_id, desired, desired_version, reported_version)
-            if self.enabled:
-                self.spool.append("shadow", "shadow/reported", shadows.document(
-                    device_id, reported, reported_version, desired, desired_version))
+            self._report("shadow", "shadow/reported", shadows.document(
+                device_id, reported, reported_version, desired, desired_version))
 
     def _flush_telemetry(self) -> None:
         readings, self._telemetry = self._telemetry, []
         for start in range(0, len(readings), 500):
-            self.spool.append("telemetry", "telemetry", {"readings": readings[start:start + 500]})
+            self._report("telemetry", "telemetry", {"readings": readings[start:start + 500]})
 
     # -- schedules ---------------------------------------------------------------------
 
@@ -495,6 +503,9 @@ class CloudRelay:
                                               "schedule", f"schedule:{s.id}", shadows.LOCAL,
                                               time.monotonic())
                 result = reply["status"]
+                if s.source == "cloud":
+                    self._report("result", "cmd/result",
+                                 dict(reply, source="schedule", schedule=s.id))
             self.store.schedule_ran(s.id, now, result)
         return wake
 

@@ -40,6 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.aio import cancel_and_wait
 from gateway.cloud.envelope import SHADOW_DESIRED, public_key_text, sign
+from gateway.cloud.shadows import CLOUD, merge_desired
 from gateway.credentials.pki import Pki, ensure_ca, issue_server_cert
 from gateway.credentials.secrets import hash_password, load_or_create_secret, write_private
 from gateway.mqtt import Backoff, Endpoint, Message, MqttSession
@@ -157,6 +158,10 @@ class CloudSim:
         self.kid = KID
         self.received: list[Received] = []
         self.shadows: dict[str, dict[str, Any]] = {}  # device -> latest shadow/reported
+        # The cloud's own desired state per device (key -> value, ts, side), merged with
+        # the gateway's by the rules of gateway.cloud.shadows.
+        self.desired_state: dict[str, dict[str, dict[str, Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._results: dict[str, dict[str, Any]] = {}
         self._key: Ed25519PrivateKey | None = None
         self._issuer_password = ""
@@ -269,8 +274,9 @@ class CloudSim:
             lines += ["require_certificate true", "use_identity_as_username true"]
         return "\n".join(lines) + "\n"
 
-    def config_toml(self) -> str:
-        """The gateway's [cloud] section for this simulator."""
+    def config_toml(self, extra: str = "") -> str:
+        """The gateway's [cloud] section for this simulator; `extra` lines (such as
+        "telemetry = true") go into the [cloud] table."""
         if self.mtls:
             login = (f"cert_file = {_toml(str(self.cert_file))}\n"
                      f"key_file = {_toml(str(self.key_file))}\n")
@@ -283,7 +289,7 @@ class CloudSim:
             f"url = {_toml(self.url)}\n"
             f"gateway_id = {_toml(self.gateway_id)}\n"
             f"ca_file = {_toml(str(self.ca_file))}\n"
-            f"{login}\n"
+            f"{login}{extra}\n"
             "[[cloud.signers]]\n"
             f"kid = {_toml(self.kid)}\n"
             f"public_key = {_toml(self.signer_public_key)}\n"
@@ -345,6 +351,7 @@ class CloudSim:
             raise RuntimeError(f"the cloud issuer could not connect: {error}") from None
 
     async def stop(self) -> None:
+        await cancel_and_wait(*self._tasks)
         issuer, self._issuer = self._issuer, None
         if issuer is not None:
             await issuer.stop()
@@ -450,6 +457,13 @@ class CloudSim:
                 self._results[data["id"]] = data
             elif leaf == "shadow/reported" and isinstance(data.get("device"), str):
                 self.shadows[data["device"]] = data
+                self._merge_gateway_desired(data["device"], data.get("desired") or {})
+        if (gateway_id == self.gateway_id and leaf == "status" and message.payload == b"online"
+                and self._issuer is not None):
+            # The gateway is back: send it what we want, it merges by the same rules.
+            task = asyncio.get_running_loop().create_task(self._resend_desired())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         for waiter in self._waiters:
             waiter.set()
         if self.on_message is not None:
@@ -510,6 +524,36 @@ class CloudSim:
         except TimeoutError:
             raise TimeoutError(f"no result for command {command_id!r} within {timeout:g} s"
                                ) from None
+
+    # -- the cloud's side of the shadows --------------------------------------------------
+
+    def _merge_gateway_desired(self, device: str, desired: dict[str, Any]) -> None:
+        mine = self.desired_state.get(device, {})
+        for key, entry in desired.items():
+            mine, _ = merge_desired(mine, {key: entry["value"]}, float(entry["ts"]),
+                                    str(entry["side"]))
+        self.desired_state[device] = mine
+
+    async def set_desired(self, device: str, state: dict[str, Any],
+                          changed_at: float | None = None) -> None:
+        """What the cloud's user wants now: kept here, sent when the gateway is online."""
+        changed_at = time.time() if changed_at is None else changed_at
+        self.desired_state[device], _ = merge_desired(self.desired_state.get(device, {}),
+                                                      state, changed_at, CLOUD)
+        if self.status == "online":
+            with contextlib.suppress(Exception):
+                await self.send(self.desired(device, state, changed_at))
+
+    async def _resend_desired(self) -> None:
+        for device, entries in list(self.desired_state.items()):
+            for key, entry in entries.items():
+                if entry["side"] == CLOUD:
+                    with contextlib.suppress(Exception):
+                        await self.send(self.desired(device, {key: entry["value"]},
+                                                     float(entry["ts"])))
+
+    def desired_values(self, device: str) -> dict[str, Any]:
+        return {k: e["value"] for k, e in self.desired_state.get(device, {}).items()}
 
     # -- what the cloud sends -------------------------------------------------------------
 

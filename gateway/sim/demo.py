@@ -17,11 +17,13 @@ from gateway.devices.kinds import KINDS
 from gateway.devices.service import CommandRejected
 from gateway.devices.topics import device_topic
 from gateway.mqtt import Endpoint, MqttSession
+from gateway.sim.cloud import CloudSim
 from gateway.sim.devices import fleet_ids
 from gateway.sim.lab import Lab, free_port, start_lab
 
 REPORT_EVERY_S = 5.0
 ROTATE_EVERY_S = 30.0
+CLOUD_EVERY_S = 12.0
 
 
 def say(text: str) -> None:
@@ -55,8 +57,8 @@ async def _commands(lab: Lab) -> None:
         for agent in targets:
             started = time.perf_counter()
             try:
-                result = await lab.daemon.devices.send_command(
-                    agent.id, "set_power", {"on": on}, source="admin")
+                result = await lab.daemon.cloud.command(
+                    agent.id, "set_power", {"on": on}, source="admin", actor="demo")
                 say(f"command set_power on={on} -> {agent.id}: {result['status']} in "
                     f"{(time.perf_counter() - started) * 1000:.1f} ms")
             except CommandRejected as exc:
@@ -110,6 +112,45 @@ async def _place_on_network(lab: Lab) -> None:
     await daemon.firewall.apply("demo devices placed")
 
 
+async def _cloud(lab: Lab, cloud: CloudSim) -> None:
+    """The vendor's cloud sends signed commands; now and then it goes away for a while and
+    the owner's app uses the local API instead; then the backlog flows up."""
+    relay = lab.daemon.cloud
+    bulbs = [d for d in lab.fleet.devices if d.kind == "bulb"] or lab.fleet.devices[:1]
+    level = 10
+    for turn in range(1_000_000):
+        await asyncio.sleep(CLOUD_EVERY_S)
+        target = bulbs[turn % len(bulbs)]
+        level = level % 90 + 10
+        if turn % 6 == 3:
+            await cloud.kill()
+            say("cloud: the vendor's cloud is DOWN (its broker was killed); the gateway keeps "
+                "working locally and spools what it owes the cloud")
+            continue
+        if turn % 6 in (4, 5):
+            envelope = cloud.command(target.id, "set_brightness", {"brightness": level})
+            started = time.perf_counter()
+            result = await relay.submit_signed(json.dumps(envelope), "local-signed")
+            spool = relay.spool.stats(time.time())
+            say(f"cloud down: the owner's app sent a signed set_brightness={level} to "
+                f"{target.id} on the local API: {result['status']} in "
+                f"{(time.perf_counter() - started) * 1000:.1f} ms; {spool['messages']} "
+                "message(s) spooled for the cloud")
+            if turn % 6 == 5:
+                await cloud.restart()
+                say("cloud: back up; the spool drains in order (the Cloud page shows it)")
+            continue
+        started = time.perf_counter()
+        try:
+            result = await cloud.request(target.id, "set_brightness", {"brightness": level})
+        except TimeoutError as exc:
+            say(f"cloud: {exc}")
+            continue
+        say(f"cloud: signed set_brightness={level} -> {target.id}: {result['status']} in "
+            f"{(time.perf_counter() - started) * 1000:.1f} ms round trip (cloud -> gateway -> "
+            "device -> cloud)")
+
+
 def _web_port(preferred: int = 8080) -> int:
     with socket.socket() as sock:
         try:
@@ -128,10 +169,17 @@ async def run_demo(state_dir: str | None, devices: int = 6,
         logging.getLogger("gateway.daemon").setLevel(logging.ERROR)
         # A TLS listener for the devices, as on the IoT side of a real gateway.
         device_port = free_port()
+        cloud = CloudSim(Path(state_dir).resolve() / "cloud")
+        await cloud.start()
         extra = (f'\n[[broker.listeners]]\naddress = "127.0.0.1"\nport = {device_port}\n'
                  'tls = true\n\n'
-                 f'[web]\nlisten = ["127.0.0.1:{_web_port()}"]\n{DEMO_NETWORK}')
-        lab = await start_lab(Path(state_dir).resolve(), extra_config=extra)
+                 f'[web]\nlisten = ["127.0.0.1:{_web_port()}"]\n{DEMO_NETWORK}\n'
+                 + cloud.config_toml())
+        try:
+            lab = await start_lab(Path(state_dir).resolve(), extra_config=extra)
+        except BaseException:
+            await cloud.stop()
+            raise
         daemon = lab.daemon
         say(f"home-gateway demo: state in {state_dir}")
         if daemon.setup_code:
@@ -152,6 +200,10 @@ async def run_demo(state_dir: str | None, devices: int = 6,
             "(Network page, `home-gateway firewall render`)")
         say(f"every {ROTATE_EVERY_S:.0f} s one device's login is rotated; the old one is "
             "deleted only after the device proves the new one")
+        say(f"cloud: a simulated vendor cloud (its own Mosquitto with TLS and CA) at {cloud.url}; "
+            f"the gateway links out to it as {cloud.gateway_id} (link: "
+            f"{daemon.cloud.status()['state']}). Every {CLOUD_EVERY_S:.0f} s it sends a "
+            "signed command; every so often it goes down and comes back")
         say("demo-rogue is a misbehaving sensor: every 20 s it sends garbage, which is dropped.")
         say("Ctrl-C stops everything.")
         stop = asyncio.Event()
@@ -159,7 +211,7 @@ async def run_demo(state_dir: str | None, devices: int = 6,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         tasks = [loop.create_task(_misbehave(lab)), loop.create_task(_commands(lab)),
-                 loop.create_task(_rotations(lab))]
+                 loop.create_task(_rotations(lab)), loop.create_task(_cloud(lab, cloud))]
         started = time.monotonic()
         last_accepted, last_time = 0, time.monotonic()
         try:
@@ -182,5 +234,6 @@ async def run_demo(state_dir: str | None, devices: int = 6,
             await cancel_and_wait(*tasks)
             say("stopping")
             await lab.stop()
+            await cloud.stop()
             say("stopped cleanly")
     return 0
