@@ -257,6 +257,27 @@ def cmd_firewall(args: argparse.Namespace) -> int:
     return 0 if status["healthy"] or status["mode"] != "enforce" else 1
 
 
+def cmd_cloud(args: argparse.Namespace) -> int:
+    try:
+        status = _control(args, "cloud.status")
+    except (ConnectionError, ControlError) as exc:
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    spool = status["spool"]
+    print(f"link:      {status['state']}" + (f" to {status['url']} as {status['gateway_id']}"
+                                             if status["url"] else ""))
+    if status["last_error"]:
+        print(f"error:     {status['last_error']}")
+    age = spool["oldest_age_s"]
+    print(f"spool:     {spool['messages']} message(s), {spool['bytes']} of "
+          f"{spool['max_bytes']} bytes" + (f", oldest {age:.0f} s" if age is not None else ""))
+    print(f"signers:   {', '.join(status['signers']) or 'none (signed commands refused)'}")
+    return 0 if status["state"] != "offline" else 1
+
+
 def _firewall_render(config: Config) -> int:
     """The ruleset the daemon would apply now, from the config, the device registry and
     the profiles (DNS names unresolved: their sets fill at run time)."""
@@ -447,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     for subparser in fsub.choices.values():
         subparser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
     firewall.set_defaults(func=cmd_firewall)
+
+    cloud = with_config(sub.add_parser("cloud", help="the cloud link"))
+    csub = cloud.add_subparsers(dest="cloud_command", required=True)
+    cstatus = csub.add_parser("status", help="link state, spool depth and signer keys")
+    cstatus.add_argument("--json", action="store_true")
+    cstatus.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
+    cloud.set_defaults(func=cmd_cloud)
 
     sim = sub.add_parser("sim", help="simulators")
     ssub = sim.add_subparsers(dest="sim_command", required=True)

@@ -43,7 +43,8 @@ import pytest
 
 from gateway.control import request
 from gateway.firewall.render import parse_counters
-from tests.integration.daemon_proc import Gateway
+from gateway.sim.cloud import CloudSim
+from tests.integration.daemon_proc import REPO, Gateway
 from tests.polling import wait_until
 
 NFT = shutil.which("nft") or "/usr/sbin/nft"
@@ -58,6 +59,7 @@ CLOUD6, CLOUD_OTHER6 = "fd9f::10", "fd9f::99"
 DNS_OLD, DNS_NEW, DNS_OLD6, DNS_NEW6 = "172.31.0.20", "172.31.0.30", "fd9f::20", "fd9f::30"
 DNS_SERVER = "172.31.0.53"
 ATTACKER, ATTACKER6 = "172.31.0.66", "fd9f::66"  # internet hosts that probe the home
+VENDOR, VENDOR_PORT = "172.31.0.40", 8884  # the vendor's cloud broker (home-gateway sim cloud)
 ROUTER, ROUTER6 = "10.90.0.1", "fd90::1"
 GW_UP, GW_UP6, GW_IOT, GW_IOT6 = "10.90.0.2", "fd90::2", "10.91.0.1", "fd91::1"
 LAN_HOST, LAN_HOST6 = "10.90.0.20", "fd90::20"
@@ -517,7 +519,7 @@ def build_lab(lab: Lab) -> None:
         lab.ip("wan", "link", "set", dev, "up")
     lab.ip("wan", "addr", "add", f"{ROUTER}/24", "dev", "br0")
     lab.ip("wan", "addr", "add", f"{ROUTER6}/64", "dev", "br0", "nodad")
-    for host in (CLOUD, CLOUD_OTHER, DNS_OLD, DNS_NEW, ATTACKER, DNS_SERVER):
+    for host in (CLOUD, CLOUD_OTHER, DNS_OLD, DNS_NEW, ATTACKER, DNS_SERVER, VENDOR):
         lab.ip("wan", "addr", "add", f"{host}/32", "dev", "lo")
     for host in (CLOUD6, CLOUD_OTHER6, DNS_OLD6, DNS_NEW6, ATTACKER6):
         lab.ip("wan", "addr", "add", f"{host}/128", "dev", "lo", "nodad")
@@ -578,6 +580,7 @@ class Net:
     gateway: Gateway
     zone: Path  # the DNS server's answers
     fault: Path  # what the nft wrapper should get wrong ("" or missing: nothing)
+    cloud_out: Path  # what the simulated cloud in wan prints (results it receives)
 
     def seen(self, role: str, token: str) -> bool:
         return token in self.logs[role].read_text()
@@ -614,7 +617,27 @@ class Net:
         self.zone.write_text(json.dumps(zone))
 
 
-def start_gateway(lab: Lab, fault: Path) -> Gateway:
+def start_cloud(lab: Lab) -> tuple[CloudSim, Path]:
+    """`home-gateway sim cloud` in wan (the internet side): its broker on VENDOR, sending
+    the gateway a signed command for the bulb every second. Returns the sim (for its files
+    and config) and the file its output goes to."""
+    cloud = CloudSim(lab.workdir / "cloud", gateway_id="home-1", address=VENDOR,
+                     port=VENDOR_PORT)
+    cloud.prepare()
+    output = lab.workdir / "cloud.out"
+    with output.open("w") as out:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns("wan"), sys.executable, "-u", "-m", "gateway",
+             "sim", "cloud", "--dir", str(cloud.directory), "--address", VENDOR, "--port",
+             str(VENDOR_PORT), "--gateway-id", "home-1", "--device",
+             'bulb=set_power:{"on": true}', "--every", "1"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+    lab.processes.append(proc)
+    return cloud, output
+
+
+def start_gateway(lab: Lab, fault: Path, cloud: CloudSim) -> Gateway:
     """`home-gateway run` in gw, with the lab's profiles and the fault-injecting nft."""
     profiles = lab.workdir / "profiles"
     profiles.mkdir()
@@ -625,7 +648,7 @@ def start_gateway(lab: Lab, fault: Path) -> Gateway:
     wrapper.chmod(0o755)
     gateway = Gateway(lab.workdir / "gateway", Path(tempfile.mkdtemp(prefix="hg-", dir="/tmp")),
                       prefix=("ip", "netns", "exec", lab.ns("gw")))
-    gateway.write_config(daemon_config(wrapper, profiles))
+    gateway.write_config(daemon_config(wrapper, profiles) + cloud.config_toml())
     return gateway
 
 
@@ -654,9 +677,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         etc.mkdir(parents=True)
         (etc / "resolv.conf").write_text(f"nameserver {DNS_SERVER}\n")
         fault = lab.workdir / "nft-fault"
-        gateway = start_gateway(lab, fault)
+        cloud, cloud_out = start_cloud(lab)
+        gateway = start_gateway(lab, fault, cloud)
         gateway.start()
-        net = Net(lab, logs, gateway, zone, fault)
+        net = Net(lab, logs, gateway, zone, fault, cloud_out)
         net.healthy()
         wait_until(lambda: net.firewall()["dns"].get(CLOUD_NAME, {}).get("addresses"),
                    SETTLE_S, f"the daemon resolving {CLOUD_NAME}")

@@ -52,6 +52,7 @@ from tests.netns.conftest import (
     ROUTER,
     ROUTER6,
     SETTLE_S,
+    VENDOR,
     Lab,
     Net,
     require_root,
@@ -458,3 +459,30 @@ def test_the_lab_cleans_up_after_a_failure(tmp_path: Path) -> None:
                            timeout=10, check=True).stdout
     assert lab.prefix not in names
     assert pid and not Path(f"/proc/{pid}").exists()
+
+
+def test_the_cloud_link_goes_out_and_nothing_comes_in(net: Net, lab: Lab) -> None:
+    """The vendor's cloud lives in wan. The gateway's outbound link reaches it through the
+    enforcing firewall and carries its commands both ways; the cloud's own address opens
+    no connection to the gateway or to a device."""
+    status = wait_until(lambda: (lambda c: c if c["state"] == "connected" else None)(
+        net.control("cloud.status")), SETTLE_S, "the cloud link to connect")
+    assert status["url"] == f"mqtts://{VENDOR}:8884"
+    # A command from the cloud arrives over the link and its result goes back: the bulb is
+    # declared but has never connected to the broker, so the gateway answers "offline".
+    def results() -> list[dict[str, Any]]:
+        lines = net.cloud_out.read_text().splitlines()
+        return [json.loads(x.split(": ", 1)[1]) for x in lines if x.startswith("cmd/result: ")]
+    result = wait_until(results, SETTLE_S, "a result back at the cloud")[0]
+    assert (result["device"], result["status"], result["source"]) == ("bulb", "offline",
+                                                                      "cloud")
+    assert "status: online" in net.cloud_out.read_text()
+    # Inbound from the very host the gateway talks to: nothing opens.
+    probes = [svc(GW_UP, ADMIN), svc(GW_UP, HA), svc(GW_UP, 8884), svc(GW_UP, 22),
+              tcp(GW_UP, NOT_A_SERVICE), svc(GW_IOT, BROKER), tcp(BULB.v4, 80),
+              tcp(CAM.v4, 22), udp(BULB.v4, 5000)]
+    assert lab.probe("wan", [{**p, "src": VENDOR} for p in probes]) == [False] * len(probes)
+    swept = lab.sweep("wan", GW_UP, src=VENDOR)
+    assert swept["open"] == [], swept
+    # The link is still up: the gateway's own connection was never the one dropped.
+    assert net.control("cloud.status")["state"] == "connected"
