@@ -152,8 +152,11 @@ def parse(payload: bytes | str) -> dict[str, Any]:
             raise Rejected("malformed", f"{name} must match {pattern.pattern}")
     for name in ("iat", "exp"):
         value = raw[name]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
-                value):
+        try:
+            number = not isinstance(value, bool) and math.isfinite(value)
+        except (TypeError, OverflowError):  # not a number, or an int too large for a float
+            number = False
+        if not number:
             raise Rejected("malformed", f"{name} must be a number (seconds since 1970)")
     if not isinstance(raw["params"], dict):
         raise Rejected("malformed", "params must be a JSON object")

@@ -357,11 +357,12 @@ class CloudRelay:
         state = envelope.params["state"]
         changed_at = float(envelope.params["changed_at"])
         taken = self._update_desired(envelope.device, state, changed_at, shadows.CLOUD)
+        reported = self._reported_state(envelope.device)
         results = {}
-        for key in taken:
-            action, params = KINDS[self.devices.device(envelope.device).kind  # type: ignore[union-attr]
-                                   ].command_for(key, state[key]) or ("", {})
-            if self._reported_state(envelope.device).get(key) == state[key]:
+        for key, (action, params) in zip(state, commands, strict=True):
+            if key not in taken:
+                continue
+            if reported.get(key) == state[key]:
                 results[key] = "already"
                 continue
             reply = await self._carry_out(None, envelope.device, action, params, source,

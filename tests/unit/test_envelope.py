@@ -110,7 +110,8 @@ def test_malformed_payloads(payload: bytes) -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("v", 2), ("v", True), ("id", ""), ("id", "a b"), ("id", 5), ("device", "Bulb"),
-    ("action", "Set"), ("iat", "now"), ("exp", True), ("exp", None), ("params", []),
+    ("action", "Set"), ("iat", "now"), ("exp", True), ("exp", None), ("exp", 10**400),
+    ("iat", float("nan")), ("params", []),
     ("sig", 5), ("kid", "x" * 65),
 ])
 def test_malformed_fields(field: str, value: Any) -> None:
