@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MqttError: type[Exception] = _lib.MqttError
 CONNECT_TIMEOUT_S = 10
+PENDING_CALLS_WARNING = 1000
 # Small control messages must not wait for Nagle + delayed ACK (~40 ms a round trip).
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
@@ -121,10 +122,16 @@ def make_client(endpoint: Endpoint, client_id: str, *, will: Will | None = None,
         "socket_options": SOCKET_OPTIONS,
     }
     if GENERATION == 2:
-        return _lib.Client(endpoint.host, endpoint.port, identifier=client_id,
-                           timeout=CONNECT_TIMEOUT_S, **common)
-    return _lib.Client(endpoint.host, endpoint.port, client_id=client_id,  # type: ignore[call-arg]
-                       **common)
+        client = _lib.Client(endpoint.host, endpoint.port, identifier=client_id,
+                             timeout=CONNECT_TIMEOUT_S, **common)
+    else:
+        client = _lib.Client(endpoint.host, endpoint.port,  # type: ignore[call-arg]
+                             client_id=client_id, **common)
+    # Both libraries log a warning for every publish while more than 10 await their
+    # acknowledgement; a spool replayed in windows of 100 would fill the journal.
+    setattr(client, "pending_calls_threshold" if GENERATION == 2 else "_pending_calls_threshold",
+            PENDING_CALLS_WARNING)
+    return client
 
 
 async def _disconnect(client: Any, timeout: float = 2.0) -> None:

@@ -43,7 +43,7 @@ from gateway.cloud.envelope import SHADOW_DESIRED, public_key_text, sign
 from gateway.cloud.shadows import CLOUD, merge_desired
 from gateway.credentials.pki import Pki, ensure_ca, issue_server_cert
 from gateway.credentials.secrets import hash_password, load_or_create_secret, write_private
-from gateway.mqtt import Backoff, Endpoint, Message, MqttSession
+from gateway.mqtt import Backoff, Endpoint, Message, MqttError, MqttSession, make_client
 
 log = logging.getLogger("gateway.sim.cloud")
 
@@ -165,6 +165,7 @@ class CloudSim:
         self._results: dict[str, dict[str, Any]] = {}
         self._key: Ed25519PrivateKey | None = None
         self._issuer_password = ""
+        self._gateway_password = ""
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self._stderr_tail: deque[str] = deque(maxlen=30)
@@ -237,14 +238,40 @@ class CloudSim:
                 cert, key = self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
                 if _common_name(cert) != cn or not key.exists():
                     issue_client_cert(self.pki, cert, key, cn)
-        write_private(self.directory / "mosquitto.passwd",
-                      password_line(self.gateway_username, gateway_password)
-                      + password_line(ISSUER, self._issuer_password))
+        self._gateway_password = gateway_password
+        self._write_passwords(gateway=False)
         write_private(self.directory / "mosquitto.acl",
                       f"user {self.gateway_username}\ntopic readwrite gw/{self.gateway_id}/#\n\n"
                       f"user {ISSUER}\ntopic readwrite gw/#\n")
         write_private(self.conf_file, self.render_conf())
         (self.directory / "cloud.toml").write_text(self.config_toml())
+
+    def _write_passwords(self, *, gateway: bool) -> None:
+        """The broker's password file, with or without the gateway's login. A (re)started
+        cloud lets the gateway in only once the issuer is subscribed, as a real cloud's
+        back end always is: otherwise the backlog would reach a cloud that hears nothing."""
+        lines = password_line(ISSUER, self._issuer_password)
+        if gateway or self.mtls:  # with mutual TLS the certificate is the login
+            lines += password_line(self.gateway_username, self._gateway_password)
+        write_private(self.directory / "mosquitto.passwd", lines)
+
+    async def _admit_gateway(self) -> None:
+        """Add the gateway's login and make Mosquitto re-read its password file."""
+        self._write_passwords(gateway=True)
+        if self.mtls or self._proc is None or self._proc.returncode is not None:
+            return
+        os.kill(self._proc.pid, signal.SIGHUP)
+        # The reload is asynchronous: done when the gateway's login works.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                async with make_client(self.gateway_endpoint(), "cloud-sim-probe"):
+                    return
+            except MqttError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cloud broker never accepted the gateway's login "
+                                       "after reloading its passwords") from None
+                await asyncio.sleep(0.05)
 
     def render_conf(self) -> str:
         d = self.directory
@@ -253,6 +280,11 @@ class CloudSim:
             "per_listener_settings false",
             "allow_anonymous false",
             "persistence false",
+            # Mosquitto keeps 1,000 queued QoS 1 messages per subscriber by default and
+            # drops the rest after acknowledging them; a cloud must not lose a burst. (Not
+            # 0, "unlimited": with it, 2.0.11 disconnects a client whose publish the ACL
+            # denies.)
+            "max_queued_messages 1000000",
             "log_dest stderr",
             "connection_messages true",
             "set_tcp_nodelay true",
@@ -349,6 +381,7 @@ class CloudSim:
             error = self._issuer.last_error
             await self.stop()
             raise RuntimeError(f"the cloud issuer could not connect: {error}") from None
+        await self._admit_gateway()
 
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks)
@@ -377,9 +410,11 @@ class CloudSim:
         """Start the broker again on the same port; returns once the issuer is back."""
         before = self._issuer.connections if self._issuer else 0
         await self._terminate()
+        self._write_passwords(gateway=False)
         await self._spawn()
         await self.wait_for(lambda: self._issuer is None or self._issuer.connections > before,
                             START_TIMEOUT_S)
+        await self._admit_gateway()
 
     async def _spawn(self) -> None:
         self._stderr_tail.clear()
