@@ -328,7 +328,7 @@ class Schedule:
     when: str  # as gateway.cloud.schedule.parse_when normalizes it
     action: str
     params: dict[str, Any]
-    source: str  # "cloud" or "admin"
+    source: str  # who made it: "cloud", "local-signed" (the vendor app) or "admin"
     enabled: bool
     created_at: float
     last_at: float  # the last instant handled (run or skipped); created_at at first

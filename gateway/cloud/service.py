@@ -440,8 +440,7 @@ class CloudRelay:
             raise CommandRejected(problem)
         now = time.time()
         existing = {s.id: s for s in self.store.schedules()}.get(id)
-        schedule = Schedule(id, device_id, name, parsed.text, action, params,
-                            "cloud" if source == "cloud" else "admin", enabled,
+        schedule = Schedule(id, device_id, name, parsed.text, action, params, source, enabled,
                             existing.created_at if existing else now, now,
                             existing.last_result if existing else "")
         self.store.put_schedule(schedule)
@@ -504,7 +503,7 @@ class CloudRelay:
                                               "schedule", f"schedule:{s.id}", shadows.LOCAL,
                                               time.monotonic())
                 result = reply["status"]
-                if s.source == "cloud":
+                if s.source in REPORTED_SOURCES:  # the cloud's or the vendor app's
                     self._report("result", "cmd/result",
                                  dict(reply, source="schedule", schedule=s.id))
             self.store.schedule_ran(s.id, now, result)

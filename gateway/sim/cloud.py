@@ -575,7 +575,7 @@ class CloudSim:
         changed_at = time.time() if changed_at is None else changed_at
         self.desired_state[device], _ = merge_desired(self.desired_state.get(device, {}),
                                                       state, changed_at, CLOUD)
-        if self.status == "online":
+        if self.status == "online" and self._issuer is not None and self._issuer.connected:
             with contextlib.suppress(Exception):
                 await self.send(self.desired(device, state, changed_at))
 

@@ -4,7 +4,9 @@ OpenAPI document, so they cannot drift apart.
 Access levels: `public` (setup and login), `read` (any logged-in user or API token),
 `admin` (admins, and admin-scoped tokens), `account` (one's own account: a session only,
 never an API token, so a leaked token cannot change passwords or mint more tokens) and
-`users` (managing users: an admin's session).
+`users` (managing users: an admin's session). One route, the local command path, is
+`signed`: a signed command envelope needs no login (its signature is the authentication),
+any other body is admitted like an `admin` route's by its handler (app.py's Guard.admit).
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gateway import __version__
+from gateway.cloud import envelope
+from gateway.cloud.schedule import EXPECTED as SCHEDULE_FORMS
+from gateway.cloud.schedule import ScheduleError
 from gateway.credentials.pki import ensure_ca
 from gateway.credentials.rotation import RotationRefused, next_rotation_at
 from gateway.devices.enrollment import EnrollmentError, qr_payload
@@ -29,11 +36,11 @@ from gateway.devices.service import CommandRejected, CommandTimeout, DeviceOffli
 from gateway.firewall.inventory import Inventory, device_profile
 from gateway.firewall.manager import Firewall, PolicyError
 from gateway.firewall.model import POLICIES, Allow, Peer, PortRange, Profile
-from gateway.store import ApiToken, AuditEntry, Device, Enrollment, Rotation, User
+from gateway.store import ApiToken, AuditEntry, CommandEntry, Device, Enrollment, Rotation, User
 from gateway.web.accounts import Accounts, Principal
 from gateway.web.auth import qr_svg
 from gateway.web.openapi import document
-from gateway.web.schema import Body, BodyError, Int, Obj, Str
+from gateway.web.schema import Body, BodyError, Bool, Int, Obj, Str
 
 if TYPE_CHECKING:
     from gateway.daemon import Daemon
@@ -52,12 +59,24 @@ class Route:
     handler: Handler
     access: str
     summary: str
-    body: Body | None = None
+    body: Body | Either | None = None
     response: str | None = None  # a schema name in openapi.SCHEMAS
     status: int = 200
     errors: tuple[int, ...] = ()
     query: tuple[tuple[str, dict[str, Any]], ...] = ()
     produces: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Either:
+    """A body of one of several shapes, which the handler tells apart and checks; here
+    only for the OpenAPI document (`oneOf`)."""
+
+    shapes: tuple[Body | str, ...]  # a str names a schema in openapi.SCHEMAS
+
+    def openapi(self) -> dict[str, Any]:
+        return {"oneOf": [s.openapi() if isinstance(s, Body)
+                          else {"$ref": f"#/components/schemas/{s}"} for s in self.shapes]}
 
 
 def _key(kind: str, name: str) -> Any:
@@ -210,7 +229,7 @@ def status_view(daemon: Daemon) -> dict[str, Any]:
     status["version"] = __version__
     status["tiles"] = {  # filled by later capabilities; the dashboard shows them as such
         "credentials": credentials_tile(status["credentials"]),
-        "cloud": {"state": "not configured"},
+        "cloud": cloud_tile(status["cloud"]),
         "firewall": firewall_tile(status["firewall"]),
         "privacy": {"state": "off", "detail": "no category consented"},
     }
@@ -219,6 +238,35 @@ def status_view(daemon: Daemon) -> dict[str, Any]:
 
 def _count(n: int, thing: str) -> str:
     return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
+def age_text(seconds: float | None) -> str:
+    """An age or a span: "40 s", "12 min", "5 h", "30 d"; "none" without one."""
+    if seconds is None:
+        return "none"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h"
+    return f"{s // 86400} d"
+
+
+def cloud_tile(cloud: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's "Cloud link": the link's state; while it is down, what waits."""
+    state, spool = cloud["state"], cloud["spool"]
+    spooled = _count(spool["messages"], "message") + " spooled"
+    if state == "not configured":
+        label, detail = "Not configured", "local control only (no [cloud] url)"
+    elif state == "connected":
+        label, detail = "Connected", spooled
+    else:
+        label = "Offline"
+        oldest = spool["oldest_age_s"]
+        detail = spooled + ("" if oldest is None else f" · oldest {age_text(oldest)}")
+    return {"state": state, "label": label, "detail": detail}
 
 
 def credentials_tile(credentials: dict[str, Any]) -> dict[str, Any]:
@@ -340,6 +388,37 @@ def history_view(firewall: Firewall, since: float) -> list[dict[str, Any]]:
     return [{"at": s.at, "dropped": dict(s.totals)} for s in firewall.history if s.at >= since]
 
 
+# -- the cloud relay: the command log, shadows, schedules -------------------------------
+
+def command_view(entry: CommandEntry) -> dict[str, Any]:
+    return {"ts": entry.ts, "id": entry.command_id, "source": entry.source,
+            "actor": entry.actor, "device": entry.device_id, "action": entry.action,
+            "outcome": entry.outcome, "reason": entry.reason, "latency_ms": entry.latency_ms}
+
+
+def zone_name(zone: tzinfo) -> str:
+    """The schedules' time zone by its IANA name, also when it is the system's."""
+    key = str(getattr(zone, "key", None) or zone)
+    if key == "localtime":  # read from /etc/localtime: its link names the zone
+        with contextlib.suppress(OSError):
+            target = os.readlink("/etc/localtime")
+            if "zoneinfo/" in target:
+                return target.split("zoneinfo/", 1)[1]
+    return key
+
+
+def cloud_view(daemon: Daemon, limit: int) -> dict[str, Any]:
+    cloud = daemon.cloud
+    return {
+        "status": cloud.status(),
+        "commands": [command_view(e) for e in daemon.store.command_log(limit)],
+        "shadows": [cloud.shadow(d.id) for d in sorted(daemon.devices.devices(),
+                                                       key=lambda d: d.id)],
+        "schedules": cloud.schedule_view(time.time()),
+        "timezone": zone_name(cloud.zone),
+    }
+
+
 def device_or_404(request: web.Request) -> Device:
     device_id = request.match_info["id"]
     device = daemon_of(request).devices.device(device_id)
@@ -440,7 +519,7 @@ async def send_command(request: web.Request) -> web.StreamResponse:
                            detail=exc.message)
         raise
     try:
-        result = await daemon.devices.send_command(
+        result = await daemon.cloud.command(
             device.id, data["action"], data.get("params", {}), source="admin", actor=who.actor)
     except CommandTimeout as exc:
         raise HttpError(504, str(exc)) from None
@@ -449,6 +528,153 @@ async def send_command(request: web.Request) -> web.StreamResponse:
     except CommandRejected as exc:
         raise HttpError(400, str(exc)) from None
     return reply({"device": device.id, "action": data["action"], "result": result})
+
+
+# -- the local command path, the cloud relay's view, schedules ----------------------------
+
+LOCAL_COMMAND = Body({
+    "device": Str(3, 40, pattern=f"^{DEVICE_ID}$", description="the device's id"),
+    "action": COMMAND.fields["action"],
+    "params": Obj(required=False, description="the action's parameters"),
+})
+SIGNED_COMMAND = "SignedCommand"  # the envelope's schema in openapi.SCHEMAS
+# How a signed command's result is answered: rejected ones by their reason's code.
+REJECTED_STATUS = {
+    **dict.fromkeys(("unknown-key", "bad-signature", "expired", "from-the-future",
+                     "too-long-lived", "replayed", "out-of-scope"), 403),
+    "malformed": 400, "bad-params": 400, "invalid": 400, "unknown-device": 404,
+}
+OUTCOME_STATUS = {"ok": 200, "error": 200, "timeout": 504, "offline": 409}
+
+
+def result_status(result: Mapping[str, Any]) -> int:
+    """The HTTP status of a command's result: 200 when the device answered (ok or error)."""
+    if result["status"] == "rejected":
+        return REJECTED_STATUS.get(str(result.get("reason")), 400)
+    return OUTCOME_STATUS.get(str(result["status"]), 502)
+
+
+async def limited_body(request: web.Request, limit: int) -> bytes:
+    """A JSON body of at most `limit` bytes, refused before reading more than that."""
+    if request.content_type != "application/json":
+        raise HttpError(415, "expected a JSON body (Content-Type: application/json)")
+    if request.content_length is not None and request.content_length > limit:
+        raise HttpError(413, f"body: {request.content_length} bytes (at most {limit})")
+    data = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(data)):
+        data += chunk
+        if len(data) > limit:
+            raise HttpError(413, f"body: larger than {limit} bytes")
+    return bytes(data)
+
+
+async def submit_command(request: web.Request) -> web.StreamResponse:
+    """The local command path. A signed envelope needs no login: the relay verifies,
+    audits, logs and carries it out like one from the cloud. An unsigned command is an
+    admin's. Either way the answer carries the relay's result."""
+    daemon = daemon_of(request)
+    raw = await limited_body(request, envelope.MAX_BYTES)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise HttpError(400, f"body: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "body: expected a JSON object")
+    if "sig" in data:
+        return await _signed_command(daemon, raw)
+    request.app[GUARD].admit(request, "admin", request[PRINCIPAL])
+    who = principal_of(request)
+    try:
+        data = LOCAL_COMMAND.parse(raw, request.content_type)
+    except BodyError as exc:  # a malformed command is refused like an invalid one: audited
+        device = data.get("device")
+        daemon.store.audit(who.actor, "command", "rejected",
+                           target=device[:40] if isinstance(device, str) else "",
+                           detail=f"{str(data.get('action', '?'))[:40]} (source admin): {exc}")
+        raise HttpError(exc.status, str(exc)) from None
+    device_id, action = data["device"], data["action"]
+    try:
+        result = await daemon.cloud.command(device_id, action, data.get("params", {}),
+                                            source="admin", actor=who.actor)
+    except CommandRejected as exc:
+        if isinstance(exc, CommandTimeout):
+            outcome, status = "timeout", 504
+        elif isinstance(exc, DeviceOffline):
+            outcome, status = "offline", 409
+        elif daemon.devices.device(device_id) is None:
+            outcome, status = "rejected", 404
+        else:
+            outcome, status = "rejected", 400
+        failed = {"id": None, "device": device_id, "action": action, "status": outcome,
+                  "message": str(exc)}
+        if outcome == "rejected":
+            failed["reason"] = "unknown-device" if status == 404 else "invalid"
+        raise HttpError(status, str(exc), extra={"result": failed}) from None
+    return reply({"source": "admin", "result": result})
+
+
+async def _signed_command(daemon: Daemon, raw: bytes) -> web.StreamResponse:
+    result = await daemon.cloud.submit_signed(raw, "local-signed")
+    status = result_status(result)
+    if status == 200:
+        return reply({"source": "local-signed", "result": result})
+    what = f"{result['status']}: {result['reason']}" if result.get("reason") else str(
+        result["status"])
+    message = result.get("message")
+    raise HttpError(status, f"{what}: {message}" if message else what,
+                    extra={"result": result})
+
+
+async def get_cloud(request: web.Request) -> web.StreamResponse:
+    limit = _int_query(request, "limit", 100, 1, 1000) or 100
+    return reply(cloud_view(daemon_of(request), limit))
+
+
+async def list_schedules(request: web.Request) -> web.StreamResponse:
+    cloud = daemon_of(request).cloud
+    return reply({"schedules": cloud.schedule_view(time.time()),
+                  "timezone": zone_name(cloud.zone)})
+
+
+SCHEDULE = Body({
+    "device": Str(3, 40, pattern=f"^{DEVICE_ID}$", description="the device's id"),
+    "when": Str(1, 200, description="when it runs, in the gateway's time zone: "
+                + SCHEDULE_FORMS.removeprefix("expected ")),
+    "action": COMMAND.fields["action"],
+    "params": Obj(description="the action's parameters"),
+    "name": Str(1, 64, required=False, description="default: the schedule's id"),
+    "enabled": Bool(required=False, description="default: true"),
+})
+
+
+def schedule_id(request: web.Request) -> str:
+    found = request.match_info["id"]
+    if not envelope.SCHEDULE_ID.fullmatch(found):
+        raise HttpError(400, "id: expected 1 to 40 characters from a-z, 0-9 and '-'")
+    return found
+
+
+async def put_schedule(request: web.Request) -> web.StreamResponse:
+    id = schedule_id(request)
+    data = await body_of(request, SCHEDULE)
+    daemon, who = daemon_of(request), principal_of(request)
+    try:
+        daemon.cloud.put_schedule(id, data["device"], data["when"], data["action"],
+                                  data["params"], name=data.get("name") or id, source="admin",
+                                  actor=who.actor, enabled=data.get("enabled", True))
+    except ScheduleError as exc:
+        raise HttpError(400, f"when: {exc}") from None
+    except CommandRejected as exc:
+        raise HttpError(400, str(exc)) from None
+    views = {v["id"]: v for v in daemon.cloud.schedule_view(time.time())}
+    return reply(views[id])
+
+
+async def delete_schedule(request: web.Request) -> web.StreamResponse:
+    id = schedule_id(request)
+    if not daemon_of(request).cloud.delete_schedule(id, principal_of(request).actor):
+        raise HttpError(404, f"no schedule {id!r}")
+    return reply({"deleted": id})
 
 
 async def get_firewall(request: web.Request) -> web.StreamResponse:
@@ -610,7 +836,9 @@ async def events(request: web.Request) -> web.StreamResponse:
             steady = [{**d, "credential": {**d["credential"], "age_s": None}}
                       for d in devices]
             change = json.dumps([steady, audit, status["healthy"], status["broker"],
-                                 status["credentials"], status["firewall"]])
+                                 status["credentials"], status["firewall"],
+                                 status["cloud"]["state"],
+                                 status["cloud"]["spool"]["messages"]])
             now = time.monotonic()
             if change != last_change or now - last_sent >= REFRESH_S:
                 snapshot = json.dumps({"status": status, "devices": devices, "audit": audit})
@@ -812,6 +1040,27 @@ ROUTES: tuple[Route, ...] = (
           "Set the device's firewall policy (and profile); the firewall is applied before "
           "the answer. Audited, refusals too", body=POLICY, response="PolicySet",
           errors=(400, 404)),
+    Route("POST", f"{P}/commands", submit_command, "signed",
+          "Carry out a command: a signed command envelope (no login needed: the signature "
+          "authenticates it, as when it comes from the cloud), or {device, action, params} "
+          "from an admin. Every outcome is audited and in the command log; the answer "
+          "carries the result, with the reason code of a rejected one",
+          body=Either((SIGNED_COMMAND, LOCAL_COMMAND)), response="CommandReply",
+          errors=(400, 404, 409, 504)),
+    Route("GET", f"{P}/cloud", get_cloud, "read",
+          "The cloud relay: the link and its history, the spool, the command log (newest "
+          "first), every device's shadow and the schedules",
+          response="Cloud", errors=(400,),
+          query=(("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),)),
+    Route("GET", f"{P}/schedules", list_schedules, "read",
+          "Local schedules (they run while the cloud is unreachable), with their next run",
+          response="ScheduleList"),
+    Route("PUT", f"{P}/schedules/{{id}}", put_schedule, "admin",
+          "Create or replace a schedule (id: 1 to 40 of a-z, 0-9, '-'); the command is "
+          "checked against the device's kind", body=SCHEDULE, response="Schedule",
+          errors=(400,)),
+    Route("DELETE", f"{P}/schedules/{{id}}", delete_schedule, "admin",
+          "Delete a schedule", response="Deleted", errors=(400, 404)),
     Route("GET", f"{P}/firewall", get_firewall, "read",
           "The network guard: its status, the drop counters of the last minutes, each "
           "device's policy, profile and allowed destinations, and the profile names",

@@ -3,6 +3,9 @@
 Every request passes, in order: the Host check (against DNS rebinding), authentication
 (an API token or the session cookie), the route's access level, and for state changes by a
 browser (anything not carrying an API token) the Origin and synchronizer-token checks.
+One access level, `signed` (the local command route), leaves the last two to its handler:
+a signed command envelope authenticates itself, and anything else must be admitted as an
+admin's request, the same checks in the same order.
 """
 
 from __future__ import annotations
@@ -151,6 +154,13 @@ class Guard:
         if not sent or not hmac.compare_digest(sent, self.csrf_token(request)):
             raise HttpError(403, "X-CSRF-Token: missing or stale; reload the page")
 
+    def admit(self, request: web.Request, access: str, principal: Principal | None) -> None:
+        """The access level, then for a state change by a browser the CSRF checks (API
+        tokens are not ambient credentials: no CSRF)."""
+        self.authorize(request, access, principal)
+        if request.method not in SAFE_METHODS and "Authorization" not in request.headers:
+            self.check_csrf(request)
+
     def authorize(self, request: web.Request, access: str, principal: Principal | None) -> None:
         if access == "public":
             return
@@ -230,12 +240,14 @@ async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResp
             raise web.HTTPFound("/login?" + urlencode({"next": request.rel_url.path_qs}))
         if access == "page-admin" and principal.role != "admin":
             raise HttpError(403, "only admins may open this page")
-    else:
+    elif access != "signed":  # signed: the handler admits (see the module docstring)
         guard.authorize(request, access, principal)
-    if request.method not in SAFE_METHODS and "Authorization" not in request.headers:
+    if (access != "signed" and request.method not in SAFE_METHODS
+            and "Authorization" not in request.headers):
         guard.check_csrf(request)  # API tokens are not ambient credentials: no CSRF
     response = await handler(request)
-    if principal is None and pre != request.cookies.get(guard.cookies.pre):
+    if (principal is None and access != "signed"
+            and pre != request.cookies.get(guard.cookies.pre)):
         guard.cookies.set_pre(response, pre)
     return response
 

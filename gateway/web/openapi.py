@@ -49,11 +49,16 @@ def _enum(values: tuple[str, ...], description: str = "") -> dict[str, Any]:
 
 
 DROPPED = _obj({c: INT for c in DROP_CLASSES})
+SPOOL_CLASSES = _obj({c: INT for c in ("telemetry", "shadow", "result")})
+SOURCES = ("cloud", "local-signed", "admin", "homeassistant", "schedule")
+OUTCOMES = ("ok", "error", "timeout", "offline", "rejected")
 PORTS = {**STRS, "description": 'ports and "LOW-HIGH" ranges; "0-65535": any; none for icmp'}
 
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "Error": _obj({"error": STR}, {"second_factor": BOOL}),
+    "Error": _obj({"error": STR}, {
+        "second_factor": BOOL,
+        "result": {**_ref("CommandOutcome"), "description": "a command's result (commands)"}}),
     "Status": _obj({
         "healthy": BOOL, "uptime_s": NUM, "version": STR, "messages_per_s": NUM,
         "broker": _obj({"mode": STR, "running": {**BOOL, "nullable": True},
@@ -67,8 +72,81 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                           "rejected_by_reason": {"type": "object",
                                                  "additionalProperties": INT}}),
         "firewall": _ref("FirewallStatus"),
+        "cloud": _ref("CloudStatus"),
         "tiles": {"type": "object", "additionalProperties": ANY_OBJ},
     }),
+    "CloudStatus": _obj({
+        "state": _enum(("connected", "offline", "not configured"),
+                       "not configured: no cloud.url; local control, schedules and signed "
+                       "local commands work all the same"),
+        "url": STR_OR_NULL, "gateway_id": STR_OR_NULL,
+        "connected_since": TS_OR_NULL,
+        "connections": {**INT, "description": "successful connections since the start"},
+        "last_error": {**STR_OR_NULL, "description": "why the last attempt failed"},
+        "history": {"type": "array", "description": "the link's last events, oldest first",
+                    "items": _obj({"ts": TS, "event": STR, "detail": STR})},
+        "spool": _obj({
+            "messages": INT, "bytes": INT, "max_bytes": INT,
+            "oldest_age_s": {**NUM, "nullable": True}, "max_age_s": INT,
+            "by_class": {**SPOOL_CLASSES, "description": "messages waiting, by class"},
+            "evicted": {**SPOOL_CLASSES, "description": "messages dropped (full or too old) "
+                                                        "since the start"}}),
+        "signers": {**STRS, "description": "the key ids whose signed commands are accepted"},
+        "telemetry": {**BOOL, "description": "telemetry is forwarded to the cloud"},
+    }),
+    "SignedCommand": {**_obj({
+        "v": {"type": "integer", "enum": [1]},
+        "id": {**STR, "pattern": "^[A-Za-z0-9._:-]{1,64}$",
+               "description": "unique per signer key: a replay is refused"},
+        "device": {**STR, "pattern": "^[a-z0-9-]{3,40}$"},
+        "action": {**STR, "pattern": "^[a-z][a-z0-9_.]{0,39}$",
+                   "description": "a device action, schedule.put or schedule.delete"},
+        "params": ANY_OBJ,
+        "iat": {**TS, "minimum": 0, "maximum": 1e11, "description": "issued at"},
+        "exp": {**TS, "minimum": 0, "maximum": 1e11, "description": "expires at"},
+        "kid": {**STR, "pattern": "^[A-Za-z0-9._-]{1,64}$",
+                "description": "the signer key's id ([[cloud.signers]])"},
+        "sig": {**STR, "pattern": "^[A-Za-z0-9_-]{1,128}$",
+                "description": "Ed25519 over the canonical JSON of the other fields "
+                               "(sorted keys, no whitespace), base64url"},
+    }), "description": "A signed command envelope (docs/cloud.md)"},
+    "CommandOutcome": _obj({"status": _enum(OUTCOMES)}, {
+        "id": STR_OR_NULL, "device": STR_OR_NULL, "action": STR_OR_NULL,
+        "reason": {**STR, "description": "why it was rejected: malformed, unknown-key, "
+                   "bad-signature, expired, from-the-future, too-long-lived, replayed, "
+                   "out-of-scope, unknown-device, bad-params (signed), invalid (unsigned)"},
+        "message": STR, "latency_ms": NUM,
+        "result": {**ANY_OBJ, "description": "what the device answered"},
+    }, extra=True),
+    "CommandReply": _obj({"source": _enum(("local-signed", "admin")),
+                          "result": _ref("CommandOutcome")}),
+    "Command": _obj({
+        "ts": TS, "id": STR, "source": _enum(SOURCES), "actor": STR, "device": STR,
+        "action": STR, "outcome": _enum(OUTCOMES),
+        "reason": STR, "latency_ms": {**NUM, "nullable": True}}),
+    "Shadow": _obj({
+        "device": STR,
+        "reported": {**ANY_OBJ, "description": "what the device last reported (it wins)"},
+        "reported_version": INT,
+        "desired": {"type": "object", "description": "per key: the newest change wins",
+                    "additionalProperties": _obj({"value": {}, "ts": TS,
+                                                  "side": _enum(("local", "cloud"))})},
+        "desired_version": INT}),
+    "Schedule": _obj({
+        "id": STR, "device": STR, "name": STR,
+        "when": {**STR, "description": "normalized, in the gateway's time zone"},
+        "action": STR, "params": ANY_OBJ, "source": _enum(("admin", "cloud")),
+        "enabled": BOOL, "last_at": TS, "last_result": STR,
+        "next_at": {**TS_OR_NULL, "description": "the next run (null: never)"}}),
+    "ScheduleList": _obj({"schedules": {"type": "array", "items": _ref("Schedule")},
+                          "timezone": STR}),
+    "Cloud": _obj({
+        "status": _ref("CloudStatus"),
+        "commands": {"type": "array", "items": _ref("Command"),
+                     "description": "the command log, newest first"},
+        "shadows": {"type": "array", "items": _ref("Shadow")},
+        "schedules": {"type": "array", "items": _ref("Schedule")},
+        "timezone": STR}),
     "FirewallStatus": _obj({
         "mode": _enum(("enforce", "render-only", "off"),
                       "render-only: rendered, not applied (devices NOT protected); off: "
@@ -247,6 +325,8 @@ def _operation(route: Route) -> dict[str, Any]:
     op["responses"] = responses
     if route.access == "public":
         op["security"] = []
+    elif route.access == "signed":  # a signed body needs no login
+        op["security"] = [{}, {"token": []}, {"session": []}]
     return op
 
 
@@ -263,7 +343,8 @@ def document(routes: tuple[Route, ...]) -> dict[str, Any]:
                 "The local admin API. Authenticate with the session cookie the login sets "
                 "(state changes then need the X-CSRF-Token header and a same-origin Origin) "
                 "or with `Authorization: Bearer <token>` using an API token made on the "
-                "Account page. `read` tokens may only read; no token may manage accounts."),
+                "Account page. `read` tokens may only read; no token may manage accounts. "
+                "A signed command envelope (POST /api/v1/commands) needs neither."),
         },
         "servers": [{"url": "/"}],
         "paths": paths,

@@ -3,21 +3,24 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 from aiohttp import web
 
-from gateway.devices.kinds import KINDS
+from gateway.devices.kinds import KINDS, Param
 from gateway.web.api import (
     GUARD,
     PRE,
     PRINCIPAL,
     accounts_of,
+    age_text,
     audit_view,
+    cloud_view,
     daemon_of,
     device_or_404,
     device_view,
@@ -59,18 +62,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {s} s"
 
 
-def _age(seconds: float | None) -> str:
-    """A credential's age: "40 s", "12 min", "5 h", "30 d"."""
-    if seconds is None:
-        return "none"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 86400:
-        return f"{s // 3600} h"
-    return f"{s // 86400} d"
+_age = age_text  # a credential's age: "40 s", "12 min", "5 h", "30 d"
 
 
 def _until(ts: float | None) -> str:
@@ -80,7 +72,23 @@ def _until(ts: float | None) -> str:
     return "due now" if left <= 0 else f"in {_age(left)}"
 
 
-ENV.filters.update(ago=_ago, clock=_clock, duration=_duration, age=_age, until=_until)
+def _size(n: int) -> str:
+    """Bytes as people read them: "830 B", "12.4 KB", "16 MB"."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} B"
+
+
+def _shown(value: Any) -> str:
+    """A state value as the pages show it: booleans as yes / no, the rest as JSON."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+ENV.filters.update(ago=_ago, clock=_clock, duration=_duration, age=_age, until=_until,
+                   size=_size, shown=_shown)
 
 # One line per drop class for the Network page (docs/firewall.md has the long version).
 DROP_MEANINGS = {
@@ -162,6 +170,47 @@ async def network(request: web.Request) -> web.StreamResponse:
                   check_interval=daemon.config.firewall.check_interval_s)
 
 
+# The schedule form's hint: every form `when` takes (gateway/cloud/schedule.py).
+WHEN_FORMS = ("daily 07:30", "weekdays 07:30", "weekends 09:00", "mon,wed 18:00",
+              "cron 0 7 * * 1-5")
+SOURCE_MEANINGS = {
+    "cloud": "signed by a cloud key, came over the cloud link",
+    "local-signed": "signed, sent to the local API (the owner's app without the cloud)",
+    "admin": "a logged-in admin (this page, the API or the command line)",
+    "homeassistant": "Home Assistant",
+    "schedule": "a local schedule",
+}
+
+
+def example_params(params: Mapping[str, Param]) -> str:
+    """Parameters that an action accepts, as JSON: what the schedule form starts with."""
+    out: dict[str, Any] = {}
+    for name, p in params.items():
+        if p.type is bool:
+            out[name] = True
+        elif p.choices:
+            out[name] = p.choices[0]
+        elif p.low is not None and p.high is not None:
+            out[name] = round((p.low + p.high) / 2)
+        else:
+            out[name] = 0
+    return json.dumps(out)
+
+
+async def cloud(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    view = cloud_view(daemon, 50)
+    kinds = {d.kind for d in daemon.devices.devices()}
+    actions = {kind: {action: example_params(params)
+                      for action, params in KINDS[kind].actions.items()}
+               for kind in sorted(kinds) if kind in KINDS}
+    names = {d.id: d.name for d in daemon.devices.devices()}
+    return render(request, "cloud.html", title="Cloud", cloud=view, s=view["status"],
+                  devices=sorted(daemon.devices.devices(), key=lambda d: d.id),
+                  names=names, actions=actions, when_forms=WHEN_FORMS,
+                  sources=SOURCE_MEANINGS)
+
+
 async def enroll(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     live = daemon.store.live_enrollments(time.time())
@@ -228,6 +277,7 @@ PAGES: tuple[Page, ...] = (
     Page("GET", "/devices", devices, "page"),
     Page("GET", "/devices/{id}", device, "page"),
     Page("GET", "/network", network, "page"),
+    Page("GET", "/cloud", cloud, "page"),
     Page("GET", "/enroll", enroll, "page-admin"),
     Page("GET", "/audit", audit, "page"),
     Page("GET", "/account", account, "page"),

@@ -85,6 +85,21 @@ class Int:
 
 
 @dataclass(frozen=True, slots=True)
+class Bool:
+    """true or false."""
+
+    required: bool = True
+    description: str = ""
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise BodyError(f"{name}: expected true or false")
+
+    def openapi(self) -> dict[str, Any]:
+        return _annotated({"type": "boolean"}, self.description)
+
+
+@dataclass(frozen=True, slots=True)
 class Obj:
     """A free-form JSON object (command parameters: checked later against the kind)."""
 
@@ -101,7 +116,7 @@ class Obj:
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    fields: dict[str, Str | Int | Obj] = field(default_factory=dict)
+    fields: dict[str, Str | Int | Bool | Obj] = field(default_factory=dict)
 
     def parse(self, raw: bytes, content_type: str) -> dict[str, Any]:
         if content_type != "application/json":

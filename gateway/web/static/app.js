@@ -27,6 +27,9 @@ function collect(form) {
     else if (el.dataset.type === "number") value = Number(value);
     else if (el.dataset.type === "optional-number") value = value === "" ? null : Number(value);
     else if (el.dataset.type === "optional") value = value === "" ? null : value;
+    else if (el.dataset.type === "json") {
+      try { value = JSON.parse(value); } catch (e) { throw new Error(`${el.name}: not valid JSON`); }
+    }
     else if (value === "" && !el.required) continue;
     const path = el.name.split(".");
     let target = body;
@@ -179,6 +182,21 @@ const done = {
     const r = res.data.result || {};
     say(form, `${r.status || "?"}${r.error ? ": " + r.error : ""}`, r.status === "ok" ? "ok" : "error");
   },
+  // A change in the Cloud page's lists (which are redrawn): said above them.
+  cloud(form, res) {
+    const out = document.getElementById("cloud-result");
+    const d = res.data;
+    out.textContent = d.deleted ? `Deleted the schedule ${d.deleted}.`
+      : `${d.name}: ${d.enabled ? "enabled" : "disabled"}.`;
+    out.className = "result ok";
+    refreshFragments();
+  },
+  schedule(form, res) {
+    const d = res.data;
+    say(form, `Saved ${d.name}: ${d.when}, next run ${d.next_at ? clock(d.next_at) : "never"}.`, "ok");
+    for (const name of ["id", "name", "when"]) form.elements[name].value = "";
+    refreshFragments();
+  },
   // A policy change: the row moves to its new table, so the answer is said above them.
   policy(form, res) {
     const d = res.data;
@@ -205,14 +223,22 @@ function wireForm(form) {
         return;
       }
     }
+    const method = form.dataset.method || "POST";
+    let body;
+    try { body = method === "DELETE" ? undefined : collect(form); } catch (e) {
+      say(form, e.message, "error");
+      return;
+    }
+    // "/api/v1/schedules/{id}": the URL takes the form's field of that name.
+    const url = form.dataset.api.replace(/\{(\w+)\}/g,
+                                         (_, name) => encodeURIComponent(form.elements[name].value));
     const button = form.querySelector("button");
     if (button) button.disabled = true;
     if (form.classList.contains("logout") && liveSource) liveSource.close();
     say(form, "…", "");
-    const method = form.dataset.method || "POST";
     let res;
     try {
-      res = await api(method, form.dataset.api, method === "DELETE" ? undefined : collect(form));
+      res = await api(method, url, body);
     } catch (e) {
       res = { ok: false, status: 0, data: { error: "the gateway did not answer" } };
     } finally {
@@ -357,6 +383,10 @@ const live = {
     setField("fw-state", fw.label);
     tone("fw-state", fw.state === "ok", fw.state === "render-only" || fw.state === "unhealthy");
     setField("fw-detail", fw.detail);
+    const cloud = s.tiles.cloud;
+    setField("cloud-state", cloud.label);
+    tone("cloud-state", cloud.state === "connected", cloud.state === "offline");
+    setField("cloud-detail", cloud.detail);
     firewallNotice(fw.notice);
     const banner = document.getElementById("rotation-alert");
     const alerts = banner.querySelector('[data-list="cred-alerts"]');
@@ -415,6 +445,17 @@ const live = {
     document.querySelector('[data-field="fw-policy"]').className =
       { restricted: "ok", open: "warn", blocked: "bad" }[d.policy] || "";
     setField("fw-profile", d.profile);
+  },
+  cloud(snap) {
+    firewallNotice(snap.status.tiles.firewall.notice);
+    // The page's lists are fetched again when what they show may have changed: the link,
+    // the spool, or anything audited (every command and schedule change is).
+    const c = snap.status.cloud;
+    const last = c.history.length ? c.history[c.history.length - 1].ts : 0;
+    const shown = JSON.stringify([c.state, c.connections, c.last_error, last, c.spool.messages,
+      snap.audit.length ? snap.audit[0].id : 0, snap.devices.map((d) => [d.id, d.name])]);
+    if (cloudShown !== null && shown !== cloudShown) refreshFragments();
+    cloudShown = shown;
   },
   network(snap) {
     firewallNotice(snap.status.tiles.firewall.notice);
@@ -546,6 +587,43 @@ async function chart() {
   setInterval(load, 10000);
 }
 
+// -- the Cloud page --------------------------------------------------------------------
+
+let cloudShown = null;
+
+// The schedule form offers the actions of the chosen device's kind, each with parameters
+// it accepts to start from.
+function scheduleForm() {
+  const form = document.getElementById("schedule-form");
+  if (!form) return;
+  const device = form.elements.device, action = form.elements.action, params = form.elements.params;
+  const example = () => {
+    const option = action.selectedOptions[0];
+    if (option) params.value = option.dataset.example;
+  };
+  const kinds = () => {
+    const kind = device.selectedOptions[0] ? device.selectedOptions[0].dataset.kind : "";
+    for (const group of action.querySelectorAll("optgroup")) {
+      group.hidden = group.disabled = group.dataset.kind !== kind;
+    }
+    const current = action.selectedOptions[0];
+    if (!current || current.parentNode.dataset.kind !== kind) {
+      const first = action.querySelector(`optgroup[data-kind="${kind}"] option`);
+      if (first) first.selected = true;
+    }
+    example();
+  };
+  device.addEventListener("change", kinds);
+  action.addEventListener("change", example);
+  kinds();
+}
+
+function cloudPage() {
+  if (document.body.dataset.live !== "cloud") return;
+  scheduleForm();
+  setInterval(refreshFragments, 15000); // ages, next runs and reported values
+}
+
 // -- the Network page ------------------------------------------------------------------
 
 let networkShown = null;
@@ -621,5 +699,6 @@ document.addEventListener("DOMContentLoaded", () => {
   follow();
   chart();
   network();
+  cloudPage();
   setInterval(refreshTimes, 5000);
 });
