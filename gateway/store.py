@@ -861,6 +861,14 @@ class Store:
                                " min(created) FROM spool GROUP BY class")
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
+    def spool_counts(self) -> tuple[dict[str, int], float | None]:
+        """Messages per class (from the class index, without reading the bodies) and when
+        the oldest was created."""
+        counts = {r[0]: r[1] for r in self.db.execute(
+            "SELECT class, count(*) FROM spool GROUP BY class")}
+        oldest = self.db.execute("SELECT created FROM spool ORDER BY seq LIMIT 1").fetchone()
+        return counts, (oldest[0] if oldest else None)
+
     def spool_oldest(self, cls: str, limit: int) -> list[tuple[int, int]]:
         """(seq, bytes) of the oldest messages of a class."""
         rows = self.db.execute("SELECT seq, length(body) FROM spool WHERE class = ?"

@@ -102,14 +102,15 @@ class Spool:
         self.bytes -= sum(m.size for m in messages)
 
     def stats(self, now: float) -> dict[str, Any]:
-        sizes = self.store.spool_sizes()
-        oldest = min((o for _, _, o in sizes.values() if o is not None), default=None)
+        """For the status (every few seconds): the bytes are kept in memory, so no body is
+        read; the counts come from the class index."""
+        counts, oldest = self.store.spool_counts()
         return {
-            "messages": sum(n for n, _, _ in sizes.values()),
-            "bytes": sum(b for _, b, _ in sizes.values()),
+            "messages": sum(counts.values()),
+            "bytes": self.bytes,
             "max_bytes": self.max_bytes,
             "oldest_age_s": round(now - oldest, 1) if oldest is not None else None,
             "max_age_s": self.max_age_s,
-            "by_class": {cls: sizes.get(cls, (0, 0, None))[0] for cls in EVICTION_ORDER},
+            "by_class": {cls: counts.get(cls, 0) for cls in EVICTION_ORDER},
             "evicted": dict(self.evicted),
         }

@@ -21,7 +21,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import ssl
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from gateway.cloud.shadows import CLOUD, merge_desired
 from gateway.credentials.pki import Pki, ensure_ca, issue_server_cert
 from gateway.credentials.secrets import hash_password, load_or_create_secret, write_private
 from gateway.mqtt import Backoff, Endpoint, Message, MqttError, MqttSession, make_client
+from gateway.sim.lab import free_port
 
 log = logging.getLogger("gateway.sim.cloud")
 
@@ -67,12 +67,6 @@ class Received:
     data: Any
     retain: bool
     at: float  # time.monotonic() on arrival
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _die_with_parent() -> None:
