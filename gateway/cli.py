@@ -278,6 +278,89 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     return 0 if status["state"] != "offline" else 1
 
 
+def cmd_privacy(args: argparse.Namespace) -> int:
+    if args.privacy_command == "aggregate":
+        return _privacy_aggregate(args)
+    try:
+        if args.privacy_command == "consent":
+            result = _control(args, "privacy.consent", category=args.category,
+                              granted=args.choice == "on")
+            print(f"{args.category}: {args.choice}" + (
+                f" ({result['purged']} queued report(s) deleted)" if result["purged"] else ""))
+            return 0
+        if args.privacy_command == "delete-queued":
+            result = _control(args, "privacy.delete")
+            print(f"deleted {result['purged']} queued report(s) and this week's aggregates")
+            return 0
+        if args.privacy_command == "preview":
+            preview = _control(args, "privacy.preview")
+            when = preview["send_after"]
+            print(f"{preview['reports']} report(s), {len(preview['body'].encode())} bytes, to "
+                  f"{preview['sink']}" + (f", leaving after {_when(when)}" if when else "")
+                  + "; the bytes follow on standard output" if preview["reports"]
+                  else "nothing is queued: the next export sends nothing", file=sys.stderr)
+            sys.stdout.write(preview["body"])
+            return 0
+        status = _control(args, "privacy.status")
+    except (ConnectionError, ControlError) as exc:
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"export:    {status['state']} ({status['sink']}, region {status['region']})")
+    if status["last_error"] or status["ledger"]["error"]:
+        print(f"error:     {status['ledger']['error'] or status['last_error']}")
+    for c in status["categories"]:
+        print(f"  {c['name']:10} {'on ' if c['granted'] else 'off'}  ε {c['epsilon']} per week")
+    budget = status["ledger"]["budget"]
+    if budget:
+        print(f"budget:    ε {budget['week_spent']} of {budget['week_cap']} spent in "
+              f"{budget['week']}, {budget['year_spent']} of {budget['year_cap']} in 365 days")
+    queue = status["queue"]
+    print(f"queued:    {queue['reports']} report(s), {queue['bytes']} bytes")
+    for h in status["history"][:5]:
+        print(f"  {_when(h['ts'])}  {h['reports']} report(s) {h['bytes']} B  {h['result']}")
+    return 1 if status["state"] == "error" else 0
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _privacy_aggregate(args: argparse.Namespace) -> int:
+    from gateway.privacy.aggregate import aggregate, table
+    from gateway.privacy.reports import ReportError, validate
+
+    reports, rejected = [], 0
+    for path in args.files:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"home-gateway: {path}: cannot read: {exc}", file=sys.stderr)
+            return 2
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                report = json.loads(line)
+                validate(report)
+            except (ValueError, ReportError) as exc:
+                rejected += 1
+                if rejected <= 20:
+                    print(f"{path}:{number}: rejected: {exc}", file=sys.stderr)
+                continue
+            reports.append(report)
+    estimates = aggregate(reports, k=args.k, confidence=args.confidence,
+                          by_region=args.by_region)
+    print(f"{len(reports)} report(s) used, {rejected} rejected", file=sys.stderr)
+    if args.json:
+        print(json.dumps([e.as_json() for e in estimates], indent=2))
+    else:
+        print(table(estimates, args.confidence))
+    return 0 if reports else 1
+
+
 def _firewall_render(config: Config) -> int:
     """The ruleset the daemon would apply now, from the config, the device registry and
     the profiles (DNS names unresolved: their sets fill at run time)."""
@@ -475,6 +558,29 @@ def build_parser() -> argparse.ArgumentParser:
     cstatus.add_argument("--json", action="store_true")
     cstatus.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS)
     cloud.set_defaults(func=cmd_cloud)
+
+    privacy = sub.add_parser("privacy", help="the opt-in privacy export")
+    psub = privacy.add_subparsers(dest="privacy_command", required=True)
+    pstatus = with_config(psub.add_parser(
+        "status", help="consents, ε spent and left, the queue and the export history"))
+    pstatus.add_argument("--json", action="store_true")
+    with_config(psub.add_parser(
+        "preview", help="write exactly the bytes the next export would send to stdout"))
+    consent = with_config(psub.add_parser("consent", help="turn a category on or off"))
+    consent.add_argument("category", choices=("inventory", "usage", "energy", "comfort"))
+    consent.add_argument("choice", choices=("on", "off"))
+    with_config(psub.add_parser(
+        "delete-queued", help="delete the queued reports and this week's aggregates"))
+    agg = psub.add_parser("aggregate", help="vendor side: estimates from many households' "
+                          "report files (JSON Lines)")
+    agg.add_argument("files", nargs="+", metavar="FILE")
+    agg.add_argument("--k", type=int, default=10,
+                     help="suppress cells behind fewer households than this (default 10)")
+    agg.add_argument("--confidence", type=float, default=0.95,
+                     help="confidence of the intervals (default 0.95)")
+    agg.add_argument("--by-region", action="store_true", help="estimate each region apart")
+    agg.add_argument("--json", action="store_true")
+    privacy.set_defaults(func=cmd_privacy)
 
     sim = sub.add_parser("sim", help="simulators")
     ssub = sim.add_subparsers(dest="sim_command", required=True)

@@ -21,6 +21,7 @@ import urllib.parse
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "GatewayConfig",
     "Listener",
     "NetworkConfig",
+    "PrivacyConfig",
     "SchedulesConfig",
     "SignerDecl",
     "TelemetryConfig",
@@ -186,6 +188,25 @@ class SchedulesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    region: str  # ISO 3166 code, the finest place a report names; "ZZ": not stated
+    recipient: str  # who receives the reports: the consent texts name them
+    sink: str  # "file" (JSON Lines in `directory`) or "https" (POST to `url`)
+    directory: Path | None  # None: <state_dir>/privacy/outbox
+    url: str | None
+    ca_file: Path | None  # the HTTPS sink's CA; None: the system's
+    window_s: int  # a week's reports leave at a random moment within this after it closes
+    retry_initial_s: int
+    retry_max_s: int
+    timeout_s: int
+    epsilon: Mapping[str, Fraction]  # per category and week
+    week_cap: Fraction  # ε per week across categories
+    year_cap: Fraction  # ε per 365 days
+    link_reports: bool  # reports carry a pseudonym that changes every epoch
+    pseudonym_epoch_days: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceDecl:
     id: str
     name: str
@@ -208,6 +229,7 @@ class Config:
     firewall: FirewallConfig
     cloud: CloudConfig
     schedules: SchedulesConfig
+    privacy: PrivacyConfig
     devices: tuple[DeviceDecl, ...]
     source: Path
 
@@ -521,6 +543,46 @@ class TimeZone(Spec):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise _Invalid("is not a known time zone") from None
         return value
+
+
+class HttpsUrl(Spec):
+    types = (str,)
+    expected = 'a URL "https://host/path" (TLS is not optional)'
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        try:
+            url = urllib.parse.urlsplit(value)
+            url.port  # noqa: B018 -- raises on a bad port
+        except ValueError as exc:
+            raise _Invalid(f"is not valid ({exc})") from None
+        if url.scheme != "https":
+            raise _Invalid("does not start with https://")
+        if not url.hostname or url.username or url.password or url.fragment:
+            raise _Invalid("is not of the form https://host[:port]/path")
+        return value
+
+
+class Epsilon(Spec):
+    """A privacy budget: a decimal or a fraction string ("1/10"), kept exact."""
+
+    types = (int, float, str)
+
+    def __init__(self, high: int) -> None:
+        self.high = high
+        self.expected = f"a number from 0.001 to {high}, such as 0.1 or \"1/10\""
+
+    _FORM = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}|/[0-9]{1,9})?")
+
+    def convert(self, value: Any, ctx: _Ctx) -> Any:
+        if isinstance(value, str) and not self._FORM.fullmatch(value):
+            raise _Invalid("is not a number")
+        try:
+            exact = Fraction(str(value))  # str() keeps the decimal as written, not the binary
+        except (ValueError, ZeroDivisionError, OverflowError):
+            raise _Invalid("is not a number") from None
+        if not Fraction(1, 1000) <= exact <= self.high:
+            raise _Invalid("is out of range")
+        return exact
 
 
 class HostPort(Spec):
@@ -963,6 +1025,38 @@ _SCHEDULES = Table(
     },
 )
 
+def _privacy_rules(values: Mapping[str, Any], ctx: _Ctx, key: str) -> None:
+    if values["sink"] == "https" and values["url"] is None:
+        ctx.report(_join(key, "url"), "missing", 'an https:// URL when sink = "https"')
+
+
+_CATEGORY_EPSILON = Epsilon(1)
+_PRIVACY = Table(
+    PrivacyConfig,
+    {
+        "region": Key(Text('an ISO 3166 code such as "DE" or "DE-BY" (no finer place)', 6,
+                           r"[A-Z]{2}(-[A-Z0-9]{1,3})?"), "ZZ"),
+        "recipient": Key(Text("a name of 1 to 120 characters", 120),
+                         "the device maker named by your installer"),
+        "sink": Key(Choice("file", "https"), "file"),
+        "directory": Key(FilePath("a directory path"), None),
+        "url": Key(HttpsUrl(), None),
+        "ca_file": Key(FilePath("a file path"), None),
+        "window_s": Key(Integer(0, 604800), 21600),
+        "retry_initial_s": Key(Integer(1, 86400), 60),
+        "retry_max_s": Key(Integer(1, 604800), 21600),
+        "timeout_s": Key(Integer(1, 600), 30),
+        "epsilon": Key(Table(lambda **v: v, {
+            name: Key(_CATEGORY_EPSILON, "0.1")
+            for name in ("inventory", "usage", "energy", "comfort")}), {}),
+        "week_cap": Key(Epsilon(10), "1.0"),
+        "year_cap": Key(Epsilon(520), "26"),
+        "link_reports": Key(Boolean(), False),
+        "pseudonym_epoch_days": Key(Integer(1, 30), 30),
+    },
+    rules=[_privacy_rules],
+)
+
 _DEVICE = Table(
     _device,
     {
@@ -989,6 +1083,7 @@ _ROOT = Table(
         "firewall": Key(_FIREWALL, {}),
         "cloud": Key(_CLOUD, {}),
         "schedules": Key(_SCHEDULES, {}),
+        "privacy": Key(_PRIVACY, {}),
         "devices": Key(
             ListOf(
                 _DEVICE,

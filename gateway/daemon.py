@@ -43,6 +43,7 @@ from gateway.devices.topics import (
 from gateway.devices.validate import Limits
 from gateway.firewall.manager import Firewall, PolicyError
 from gateway.mqtt import Endpoint, MqttSession, Will
+from gateway.privacy.service import PrivacyService
 from gateway.store import Store
 from gateway.systemd import Notifier
 from gateway.web.accounts import Accounts, AuthError
@@ -184,6 +185,7 @@ class Daemon:
                                  on_change=self.devices.reload,
                                  on_health=lambda: self.notifier.status(self.status_line()))
         self.cloud = CloudRelay(config, self.store, self.devices)
+        self.privacy = PrivacyService(config, self.store, self.devices)
         self.refused_logins: dict[str, int] = {}  # by address, not yet audited
         self.refused_total = 0
         self.rates = MessageRate(lambda: self.devices.counters.accepted)
@@ -201,6 +203,10 @@ class Daemon:
             "device.policy": self._op_device_policy,
             "firewall.status": self._op_firewall_status,
             "cloud.status": self._op_cloud_status,
+            "privacy.status": self._op_privacy_status,
+            "privacy.preview": self._op_privacy_preview,
+            "privacy.consent": self._op_privacy_consent,
+            "privacy.delete": self._op_privacy_delete,
             "setup.code": self._op_setup_code,
         })
         self.setup_code: str | None = None
@@ -246,6 +252,7 @@ class Daemon:
             },
             "firewall": self.firewall.status(),
             "cloud": self.cloud.status(),
+            "privacy": self.privacy.status(),
             "web": {"urls": list(self.web.urls),
                     "setup_pending": bool(self.web.urls) and self.accounts.needs_setup()},
             "messages": {"accepted": c.accepted, "rejected": c.rejected, "unknown": c.unknown,
@@ -285,6 +292,7 @@ class Daemon:
         await self.enrollments.start()
         await self.rotator.start()
         await self.cloud.start()
+        await self.privacy.start()
         for listener in plaintext_listeners(self.config):
             log.warning("broker: %s:%d is a plain-text listener: device credentials cross "
                         "the network readable (legacy devices only)", listener.address,
@@ -310,6 +318,7 @@ class Daemon:
         await cancel_and_wait(*self._tasks)
         await self.web.stop()
         await self.control.stop()
+        await self.privacy.stop()
         await self.cloud.stop()
         await self.rotator.stop()
         await self.enrollments.stop()
@@ -383,6 +392,7 @@ class Daemon:
             log.warning("reload: the [cloud] link settings take effect at restart; signer "
                         "keys and limits apply now")
         self.cloud.configure(new)
+        self.privacy.configure(new)
         self.store.audit("system", "config.reload", "ok")
         log.info("configuration reloaded from %s", self.config_path)
         self.notifier.ready(self.status_line())
@@ -504,6 +514,25 @@ class Daemon:
 
     async def _op_cloud_status(self, args: dict[str, Any]) -> Any:
         return self.cloud.status()
+
+    async def _op_privacy_status(self, args: dict[str, Any]) -> Any:
+        return self.privacy.status()
+
+    async def _op_privacy_consent(self, args: dict[str, Any]) -> Any:
+        try:
+            purged = self.privacy.set_consent(str(args.get("category")),
+                                              args.get("granted") is True, "cli")
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+        return {"purged": purged}
+
+    async def _op_privacy_delete(self, args: dict[str, Any]) -> Any:
+        return {"purged": self.privacy.delete_queued("cli")}
+
+    async def _op_privacy_preview(self, args: dict[str, Any]) -> Any:
+        ids, body, send_after = self.privacy.next_export()
+        return {"reports": len(ids), "send_after": send_after, "sink": self.privacy.describe_sink(),
+                "body": body.decode()}
 
     def enrollment_info(self, token_id: str, token: str, expires_at: float) -> dict[str, Any]:
         """What a device needs to enroll: the token, where the broker is, the CA to pin."""

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +201,33 @@ MIGRATIONS: tuple[str, ...] = (
         outcome     TEXT NOT NULL,
         reason      TEXT NOT NULL DEFAULT '',
         latency_ms  REAL
+    );
+    """,
+    # v6: the privacy export. The household's consent per category (absent = off), the
+    # reports released and waiting to leave, and the export history.
+    """
+    CREATE TABLE privacy_consent (
+        category    TEXT PRIMARY KEY,
+        granted     INTEGER NOT NULL,
+        changed_at  REAL NOT NULL,
+        actor       TEXT NOT NULL
+    );
+    CREATE TABLE privacy_queue (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        category    TEXT NOT NULL,
+        week        TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        created     REAL NOT NULL,
+        send_after  REAL NOT NULL
+    );
+    CREATE TABLE privacy_exports (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts          REAL NOT NULL,
+        sink        TEXT NOT NULL,
+        reports     INTEGER NOT NULL,
+        bytes       INTEGER NOT NULL,
+        categories  TEXT NOT NULL,
+        result      TEXT NOT NULL
     );
     """,
 )
@@ -943,6 +970,64 @@ class Store:
                                " outcome, reason, latency_ms FROM commands"
                                " ORDER BY seq DESC LIMIT ?", (limit,))
         return [CommandEntry(*r) for r in rows]
+
+    def consents(self) -> dict[str, tuple[bool, float, str]]:
+        """Category -> (granted, changed at, by whom); a category never set is absent."""
+        rows = self.db.execute("SELECT category, granted, changed_at, actor FROM privacy_consent")
+        return {c: (bool(g), at, actor) for c, g, at, actor in rows}
+
+    def set_consent(self, category: str, granted: bool, now: float, actor: str) -> int:
+        """Record the household's choice; withdrawing purges the category's queued reports
+        in the same transaction. Returns how many reports were purged."""
+        with self.transaction():
+            self.db.execute("INSERT INTO privacy_consent VALUES (?, ?, ?, ?) ON CONFLICT"
+                            " (category) DO UPDATE SET granted = excluded.granted,"
+                            " changed_at = excluded.changed_at, actor = excluded.actor",
+                            (category, int(granted), now, actor))
+            if granted:
+                return 0
+            return self.db.execute("DELETE FROM privacy_queue WHERE category = ?",
+                                   (category,)).rowcount
+
+    def queue_reports(self, rows: Iterable[tuple[str, str, str, float, float]],
+                      settings: Mapping[str, str]) -> None:
+        """Queue released reports (category, week, body, created, send_after) together with
+        the settings that record the release (the ledger's head, the week closed)."""
+        with self.transaction():
+            self.db.executemany("INSERT INTO privacy_queue (category, week, body, created,"
+                                " send_after) VALUES (?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT INTO settings VALUES (?, ?) ON CONFLICT (key)"
+                                " DO UPDATE SET value = excluded.value", settings.items())
+
+    def queued_reports(self) -> list[tuple[int, str, str, str, float]]:
+        """(id, category, week, body, send_after), oldest first."""
+        return list(self.db.execute("SELECT id, category, week, body, send_after"
+                                    " FROM privacy_queue ORDER BY id"))
+
+    def purge_queue(self, ids: Iterable[int] | None = None) -> int:
+        """Delete these queued reports (all when `ids` is None); how many went."""
+        with self.transaction():
+            if ids is None:
+                return self.db.execute("DELETE FROM privacy_queue").rowcount
+            return self.db.executemany("DELETE FROM privacy_queue WHERE id = ?",
+                                       [(i,) for i in ids]).rowcount
+
+    def log_export(self, ts: float, sink: str, reports: int, size: int, categories: str,
+                   result: str, sent_ids: Iterable[int] = ()) -> None:
+        """Record an export attempt; the reports it delivered leave the queue with it."""
+        with self.transaction():
+            self.db.executemany("DELETE FROM privacy_queue WHERE id = ?",
+                                [(i,) for i in sent_ids])
+            self.db.execute("INSERT INTO privacy_exports (ts, sink, reports, bytes, categories,"
+                            " result) VALUES (?, ?, ?, ?, ?, ?)",
+                            (ts, sink, reports, size, categories, result))
+            self.db.execute("DELETE FROM privacy_exports WHERE id <= (SELECT MAX(id) - 500"
+                            " FROM privacy_exports)")
+
+    def exports(self, limit: int = 50) -> list[tuple[float, str, int, int, str, str]]:
+        """(ts, sink, reports, bytes, categories, result), newest first."""
+        return list(self.db.execute("SELECT ts, sink, reports, bytes, categories, result FROM"
+                                    " privacy_exports ORDER BY id DESC LIMIT ?", (limit,)))
 
     def setting(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()

@@ -99,7 +99,7 @@ class CloudRelay:
         self._telemetry: list[dict[str, Any]] = []
         self._schedules_changed = asyncio.Event()
         self._reported: dict[str, dict[str, Any]] = {}
-        devices.on_reading = self._on_reading
+        devices.reading_hooks.append(self._on_reading)
 
     def configure(self, config: Config) -> None:
         self.config = config.cloud

@@ -90,9 +90,9 @@ class DeviceService:
         self._data_version = -1
         # Called with a device id when its retained state arrives: it just (re)connected.
         self.on_state: Callable[[str], None] = lambda device_id: None
-        # Called with (device id, "telemetry"|"state", ts, values) for each accepted reading.
-        self.on_reading: Callable[[str, str, float, dict[str, Any]], None] = (
-            lambda device_id, leaf, ts, values: None)
+        # Each called with (device id, "telemetry"|"state", ts, values) for each accepted
+        # reading: the cloud relay's telemetry and shadows, the privacy week's aggregates.
+        self.reading_hooks: list[Callable[[str, str, float, dict[str, Any]], None]] = []
         self.reload()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -160,7 +160,8 @@ class DeviceService:
             live.last_seen = now
             live.dirty = True
             self.counters.accepted += 1
-            self.on_reading(device_id, leaf, reading.ts, reading.values)
+            for hook in self.reading_hooks:
+                hook(device_id, leaf, reading.ts, reading.values)
             if leaf == "telemetry":
                 self._telemetry.append((device_id, reading.ts, json.dumps(reading.values)))
             else:

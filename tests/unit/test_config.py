@@ -6,6 +6,7 @@ import dataclasses
 import pickle
 import time
 from datetime import timedelta
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from gateway.config import (
     GatewayConfig,
     Listener,
     NetworkConfig,
+    PrivacyConfig,
     SchedulesConfig,
     TelemetryConfig,
     WebConfig,
@@ -109,10 +111,37 @@ def test_minimal_config_gets_the_defaults() -> None:
                           spool_max_age_s=604800, backoff_initial_s=1, backoff_max_s=300,
                           signers=()),
         schedules=SchedulesConfig(timezone=None, missed_grace_s=900),
+        privacy=PrivacyConfig(
+            region="ZZ", recipient="the device maker named by your installer", sink="file",
+            directory=None, url=None, ca_file=None, window_s=21600, retry_initial_s=60,
+            retry_max_s=21600, timeout_s=30,
+            epsilon={c: Fraction(1, 10) for c in ("inventory", "usage", "energy", "comfort")},
+            week_cap=Fraction(1), year_cap=Fraction(26), link_reports=False,
+            pseudonym_epoch_days=30),
         devices=(),
         source=Path("<string>"),
     )
     assert config.cloud.url is None  # no link unless asked for
+
+
+def test_privacy_budgets_stay_exact() -> None:
+    config = parse_config(LISTENER + """
+[privacy]
+region = "DE-BY"
+sink = "https"
+url = "https://collect.example.com/reports"
+week_cap = "1/3"
+year_cap = 17
+[privacy.epsilon]
+usage = 0.3
+energy = "1/7"
+""")
+    p = config.privacy
+    assert p.epsilon["usage"] == Fraction(3, 10)  # the decimal as written, not a binary float
+    assert p.epsilon["energy"] == Fraction(1, 7) and p.epsilon["comfort"] == Fraction(1, 10)
+    assert p.week_cap == Fraction(1, 3) and p.year_cap == 17
+    for bad in ('"http://collect.example.com"', '"https://user:pw@host/x"', '"ftp://h"'):
+        assert "privacy.url" in problems(LISTENER + f"[privacy]\nurl = {bad}\n")[0]
 
 
 def test_cloud_link_and_signers() -> None:
@@ -156,6 +185,7 @@ def test_shipped_config_loads_with_safe_defaults() -> None:
     assert shipped.broker.listeners == (Listener("127.0.0.1", 1883, False),)
     assert shipped.web == WebConfig(listen=(), tls="auto")
     assert shipped.telemetry == defaults.telemetry
+    assert shipped.privacy == defaults.privacy  # no consent lives in the config file
     assert shipped.devices == ()
 
 
@@ -399,7 +429,7 @@ def test_odd_keys_and_values_stay_on_one_line() -> None:
     assert lines == [
         '<string>:"we\\nird\\"key": unknown key '
         "(expected one of: broker, cloud, credentials, devices, firewall, gateway, network, "
-        "schedules, telemetry, web)",
+        "privacy, schedules, telemetry, web)",
         '<string>:broker.mode: "a\\u2028b' + "x" * 57 + '"... is not allowed '
         '(expected one of: "embedded", "external")',
     ]

@@ -1,0 +1,1 @@
+"""Local differential privacy: exact samplers and the reports built on them."""
