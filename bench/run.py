@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import cloud, command_rtt, firewall, memory, rotation, throughput, web
+from bench import cloud, command_rtt, firewall, memory, privacy, rotation, throughput, web
 from bench.common import Figure, environment, table
 
 Measure = Callable[[Path, bool], Awaitable[list[Figure]]]
@@ -26,10 +26,13 @@ FIGURES: dict[str, Measure] = {
     "rotation": rotation.measure,
     "firewall": firewall.measure,
     "cloud": cloud.measure,
+    "privacy": privacy.measure,
 }
 BUDGET_S = {"throughput": 150.0, "rtt": 90.0, "memory": 90.0, "web": 90.0,
-            "rotation": 240.0, "firewall": 120.0, "cloud": 300.0}  # each stops by itself
-QUICK_BUDGET_S = {**BUDGET_S, "rotation": 90.0, "firewall": 60.0, "cloud": 90.0}
+            "rotation": 240.0, "firewall": 120.0, "cloud": 300.0,
+            "privacy": 180.0}  # each stops by itself
+QUICK_BUDGET_S = {**BUDGET_S, "rotation": 90.0, "firewall": 60.0, "cloud": 90.0,
+                  "privacy": 60.0}
 
 
 async def run(names: list[str], quick: bool) -> list[Figure]:
