@@ -84,6 +84,7 @@ class PrivacyService:
         self._dirty = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._consented = self._read_consents()
         saved = store.setting(WEEK_KEY)
         self.data: WeekData | None = WeekData.from_json(json.loads(saved)) if saved else None
         devices.reading_hooks.append(self._on_reading)
@@ -97,9 +98,13 @@ class PrivacyService:
 
     # -- consent -------------------------------------------------------------------------
 
-    def consented(self) -> list[str]:
+    def _read_consents(self) -> list[str]:
         given = self.store.consents()
         return [c for c in CATEGORIES if given.get(c, (False, 0.0, ""))[0]]
+
+    def consented(self) -> list[str]:
+        """The categories the household has turned on (kept in memory: every reading asks)."""
+        return list(self._consented)
 
     def set_consent(self, category: str, granted: bool, actor: str) -> int:
         """The household's choice for one category; returns the queued reports purged."""
@@ -108,6 +113,7 @@ class PrivacyService:
                              f"{', '.join(CATEGORIES)})")
         now = self.clock()
         purged = self.store.set_consent(category, granted, now, actor)
+        self._consented = self._read_consents()
         self.store.audit(actor, "privacy.consent", "granted" if granted else "withdrawn",
                          target=category,
                          detail=f"purged {purged} queued report(s)" if purged else "")
@@ -136,7 +142,7 @@ class PrivacyService:
         if self.data is None:
             return
         device = self.devices.device(device_id)
-        wanted = [c for c in self.consented() if c in COLLECTED]
+        wanted = [c for c in self._consented if c in COLLECTED]
         if device is None or device.status != "adopted" or not wanted:
             return
         # By the gateway's clock, not the device's: a device cannot place readings in

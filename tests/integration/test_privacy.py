@@ -428,3 +428,36 @@ async def test_withdrawing_consent_purges_queued_reports_before_the_export(
         assert await privacy.export_due() == "ok"
         assert b'"usage"' not in outbox_bytes(lab)
         assert await asyncio.to_thread(lambda: privacy.next_export()[0]) == []
+
+
+async def test_pseudonyms_change_with_the_epoch_and_the_old_key_is_deleted(
+        tmp_path: Path) -> None:
+    extra = privacy_config(link_reports=True, pseudonym_epoch_days=14)
+    async with canary_lab(tmp_path, extra) as (lab, _sessions):
+        privacy = lab.daemon.privacy
+        clock = FakeClock()
+        privacy.clock = clock
+        # Releases (a week after each other) a minute into an epoch, then 7, 14 and 21 days on.
+        clock.offset = 14 * 86400 - time.time() % (14 * 86400) - 7 * 86400 + 60
+        privacy.set_consent("inventory", True, "alice")
+        keys = lab.config.gateway.state_dir / "privacy" / "keys"
+        names = []
+        for _week in range(4):  # two weeks in each of two epochs
+            queued, result = await close_and_export(lab, clock)
+            assert result == "ok"
+            names.append(queued[0]["pseudonym"])
+            assert len(list(keys.iterdir())) == 1  # only the current epoch's key exists
+            assert (keys / next(keys.iterdir()).name).stat().st_mode & 0o777 == 0o600
+        assert names[0] == names[1] != names[2] == names[3]
+        # When an epoch ends its key is gone even if nothing is released.
+        old = next(keys.iterdir())
+        clock.offset += 14 * 86400
+        privacy._expire_keys(privacy._key_path(clock()))
+        assert not old.exists()
+        # Turning linking off deletes the key at once.
+        privacy.configure(dataclasses.replace(
+            lab.config, privacy=dataclasses.replace(lab.config.privacy, link_reports=False)))
+        privacy._expire_keys(privacy._key_path(clock()))
+        assert list(keys.iterdir()) == []
+        queued, _ = await close_and_export(lab, clock)
+        assert "pseudonym" not in queued[0]
