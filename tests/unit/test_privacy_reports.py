@@ -285,3 +285,34 @@ def test_cells_behind_fewer_than_k_households_are_suppressed() -> None:
     rare = [e for e in estimates if e.region == "DE" and e.category == "comfort"
             and not e.suppressed]
     assert all(e.estimate * e.households >= 10 for e in rare)
+
+
+def test_the_aggregate_command_reads_files_names_bad_lines_and_suppresses(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    rng = random.Random(5)
+    lines = []
+    for i in range(300):
+        data, devices = synthetic_household(rng)
+        region = "LU" if i < 4 else "DE"
+        lines += [json.dumps(release(c, Context(WEEK, region, Fraction(1, 2)), data, devices))
+                  for c in ("usage", "comfort")]
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("\n".join(lines[:300]) + "\n")
+    bad = {**json.loads(lines[300]), "device": "kitchen-plug"}
+    second.write_text("\n".join([*lines[300:], json.dumps(bad), "not json"]) + "\n")
+    run = subprocess.run([sys.executable, "-m", "gateway", "privacy", "aggregate", str(first),
+                          str(second), "--by-region", "--json"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert f"{second}:{len(lines) - 300 + 1}: rejected: key 'device' is not allowed" in run.stderr
+    assert f"{second}:{len(lines) - 300 + 2}: rejected:" in run.stderr
+    assert "600 report(s) used, 2 rejected" in run.stderr
+    estimates = json.loads(run.stdout)
+    lu = [e for e in estimates if e["region"] == "LU"]
+    assert lu and all(e["suppressed"] and e["estimate"] is None for e in lu)
+    assert any(not e["suppressed"] for e in estimates if e["region"] == "DE")
+    table = subprocess.run([sys.executable, "-m", "gateway", "privacy", "aggregate", str(first)],
+                           capture_output=True, text=True, timeout=60)
+    assert "95% interval" in table.stdout and "suppressed" in table.stdout
