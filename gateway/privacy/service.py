@@ -335,7 +335,7 @@ class PrivacyService:
         now = self.clock()
         given = self.store.consents()
         ids, body, send_after = self.next_export()
-        week = week_of(now, self.zone)
+        week = week_of(now - 7 * 86400, self.zone)  # the week whose reports went out last
         ledger: dict[str, Any] = {"ok": True, "error": None}
         try:
             budget = self.ledger.budget(now, week, expect_head=self._head())

@@ -36,6 +36,7 @@ from gateway.devices.service import CommandRejected, CommandTimeout, DeviceOffli
 from gateway.firewall.inventory import Inventory, device_profile
 from gateway.firewall.manager import Firewall, PolicyError
 from gateway.firewall.model import POLICIES, Allow, Peer, PortRange, Profile
+from gateway.privacy.reports import CATEGORIES
 from gateway.store import ApiToken, AuditEntry, CommandEntry, Device, Enrollment, Rotation, User
 from gateway.web.accounts import Accounts, Principal
 from gateway.web.auth import qr_svg
@@ -65,6 +66,8 @@ class Route:
     errors: tuple[int, ...] = ()
     query: tuple[tuple[str, dict[str, Any]], ...] = ()
     produces: str = "application/json"
+    params: tuple[tuple[str, dict[str, Any]], ...] = ()  # path parameters' schemas
+    headers: tuple[tuple[str, dict[str, Any]], ...] = ()  # the answer's documented headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +234,7 @@ def status_view(daemon: Daemon) -> dict[str, Any]:
         "credentials": credentials_tile(status["credentials"]),
         "cloud": cloud_tile(status["cloud"]),
         "firewall": firewall_tile(status["firewall"]),
-        "privacy": {"state": "off", "detail": "no category consented"},
+        "privacy": privacy_tile(status["privacy"]),
     }
     return status
 
@@ -267,6 +270,32 @@ def cloud_tile(cloud: dict[str, Any]) -> dict[str, Any]:
         oldest = spool["oldest_age_s"]
         detail = spooled + ("" if oldest is None else f" · oldest {age_text(oldest)}")
     return {"state": state, "label": label, "detail": detail}
+
+
+def privacy_error(privacy: dict[str, Any]) -> str | None:
+    """Why the privacy export is stopped (the ledger's problem first), or None."""
+    ledger = privacy["ledger"]
+    if not ledger["ok"]:
+        return str(ledger["error"])
+    return privacy["last_error"] or None
+
+
+def privacy_tile(privacy: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's "Privacy export": off, on (which categories, what is queued) or the
+    error that stops it."""
+    state = privacy["state"]
+    granted = [c["name"] for c in privacy["categories"] if c["granted"]]
+    queued = privacy["queue"]["reports"]
+    if state == "error":
+        label, detail = "Error", f"export stopped: {privacy_error(privacy)}"
+    elif granted:
+        label, detail = "On", f"{', '.join(granted)} on · {_count(queued, 'report')} queued"
+    else:
+        label = "Off"
+        detail = "no category consented" + (f" · {_count(queued, 'report')} queued"
+                                            if queued else "")
+    return {"state": state, "label": label, "detail": detail, "categories": granted,
+            "queued": queued}
 
 
 def credentials_tile(credentials: dict[str, Any]) -> dict[str, Any]:
@@ -710,6 +739,51 @@ async def set_device_policy(request: web.Request) -> web.StreamResponse:
     return reply(result)
 
 
+# -- the privacy export: consent, the queue and its exact bytes -------------------------
+
+def privacy_category(request: web.Request) -> str:
+    category = request.match_info["category"]
+    if category not in CATEGORIES:
+        raise HttpError(404, f"no privacy category {category[:64]!r} (expected one of: "
+                             f"{', '.join(CATEGORIES)})")
+    return category
+
+
+async def get_privacy(request: web.Request) -> web.StreamResponse:
+    return reply(daemon_of(request).privacy.status())
+
+
+async def privacy_preview(request: web.Request) -> web.StreamResponse:
+    """Exactly the bytes the next export sends, verbatim: what the household agreed to
+    is what it can read here."""
+    ids, body, send_after = daemon_of(request).privacy.next_export()
+    return web.Response(body=body, content_type="application/x-ndjson", headers={
+        "X-Reports": str(len(ids)),
+        "X-Send-After": "" if send_after is None else str(send_after)})
+
+
+CONSENT = Body({
+    "granted": Bool(description="true: consent to this category's weekly report; false: "
+                                "withdraw it (its reports that have not left are deleted)"),
+})
+
+
+async def set_consent(request: web.Request) -> web.StreamResponse:
+    category = privacy_category(request)
+    data = await body_of(request, CONSENT)
+    who = principal_of(request)
+    try:  # the service audits the change (privacy.consent: granted or withdrawn)
+        purged = daemon_of(request).privacy.set_consent(category, data["granted"], who.actor)
+    except ValueError as exc:
+        raise HttpError(404, str(exc)) from None
+    return reply({"category": category, "granted": data["granted"], "purged": purged})
+
+
+async def delete_privacy_queue(request: web.Request) -> web.StreamResponse:
+    purged = daemon_of(request).privacy.delete_queued(principal_of(request).actor)
+    return reply({"purged": purged})
+
+
 # -- credentials: rotation and enrollment -------------------------------------------------
 
 async def rotate_device(request: web.Request) -> web.StreamResponse:
@@ -838,7 +912,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             change = json.dumps([steady, audit, status["healthy"], status["broker"],
                                  status["credentials"], status["firewall"],
                                  status["cloud"]["state"],
-                                 status["cloud"]["spool"]["messages"]])
+                                 status["cloud"]["spool"]["messages"],
+                                 status["tiles"]["privacy"]])
             now = time.monotonic()
             if change != last_change or now - last_sent >= REFRESH_S:
                 snapshot = json.dumps({"status": status, "devices": devices, "audit": audit})
@@ -1066,6 +1141,27 @@ ROUTES: tuple[Route, ...] = (
           "device's policy, profile and allowed destinations, and the profile names",
           response="Firewall", errors=(400,),
           query=(("minutes", {"type": "integer", "minimum": 1, "maximum": 1440}),)),
+    Route("GET", f"{P}/privacy", get_privacy, "read",
+          "The privacy export: each category's consent (with its text and ε), the ε budget "
+          "spent and left, what is queued, where it goes, the export history and any error "
+          "that stops it", response="Privacy"),
+    Route("GET", f"{P}/privacy/preview", privacy_preview, "read",
+          "Exactly the bytes the next export sends (JSON Lines, one report a line; empty "
+          "when nothing is queued)", produces="application/x-ndjson",
+          headers=(("X-Reports", {"type": "string", "pattern": "^[0-9]+$",
+                                  "description": "how many reports the bytes hold"}),
+                   ("X-Send-After", {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?)?$",
+                                     "description": "when they leave at the earliest "
+                                                    "(seconds since the Unix epoch); empty "
+                                                    "when nothing is queued"}))),
+    Route("PUT", f"{P}/privacy/consent/{{category}}", set_consent, "admin",
+          "Give or withdraw consent for one category (audited); withdrawing deletes the "
+          "category's queued reports at once", body=CONSENT, response="ConsentSet",
+          errors=(400, 404),
+          params=(("category", {"type": "string", "enum": list(CATEGORIES)}),)),
+    Route("DELETE", f"{P}/privacy/queue", delete_privacy_queue, "admin",
+          "Delete every queued report and this week's aggregates collected so far "
+          "(audited)", response="Purged"),
     Route("POST", f"{P}/credentials/rotate-all", rotate_all, "admin",
           "Start rotating every device's credential now (with the embedded broker, after "
           "the gateway's own login)", response="Started", status=202),

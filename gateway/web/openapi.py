@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.firewall.model import DROP_CLASSES, POLICIES, PROTOCOLS
+from gateway.privacy.reports import CATEGORIES
 
 if TYPE_CHECKING:
     from gateway.web.api import Route
@@ -53,6 +54,8 @@ SPOOL_CLASSES = _obj({c: INT for c in ("telemetry", "shadow", "result")})
 SOURCES = ("cloud", "local-signed", "admin", "homeassistant", "schedule")
 OUTCOMES = ("ok", "error", "timeout", "offline", "rejected")
 PORTS = {**STRS, "description": 'ports and "LOW-HIGH" ranges; "0-65535": any; none for icmp'}
+FRACTION = {"type": "string", "pattern": "^[0-9]+(/[0-9]+)?$",
+            "description": 'an exact fraction, as the ledger keeps it: "1/10", "1"'}
 
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -73,8 +76,46 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                                                  "additionalProperties": INT}}),
         "firewall": _ref("FirewallStatus"),
         "cloud": _ref("CloudStatus"),
+        "privacy": _ref("Privacy"),
         "tiles": {"type": "object", "additionalProperties": ANY_OBJ},
     }),
+    "Privacy": _obj({
+        "state": _enum(("off", "on", "error"),
+                       "off: no category consented; error: the export is stopped (see "
+                       "last_error and ledger.error)"),
+        "last_error": {**STR_OR_NULL, "description": "why the last release or export was "
+                                                     "refused"},
+        "categories": {"type": "array", "items": _obj({
+            "name": _enum(CATEGORIES), "granted": BOOL,
+            "epsilon": {**FRACTION, "description": "ε per week of this category's report"},
+            "changed_at": TS_OR_NULL,
+            "changed_by": {**STR_OR_NULL, "description": "who last gave or withdrew consent"},
+            "text": {**STR, "description": "the consent text: what is sent, to whom, how "
+                                           "often, at what privacy cost"}})},
+        "collecting": {**STR_OR_NULL, "description": "the ISO week being collected "
+                                                     "(null: nothing is)"},
+        "ledger": _obj({
+            "ok": {**BOOL, "description": "the ε ledger verifies; if not, nothing leaves"},
+            "error": STR_OR_NULL,
+            "budget": {**_obj({
+                "week": {**STR, "description": "the current ISO week"},
+                "week_spent": FRACTION, "week_cap": FRACTION, "week_left": FRACTION,
+                "year_spent": {**FRACTION, "description": "ε released in the last 365 days"},
+                "year_cap": FRACTION, "year_left": FRACTION}), "nullable": True}}),
+        "queue": _obj({
+            "reports": INT, "bytes": INT,
+            "send_after": {**TS_OR_NULL, "description": "when the queue leaves at the "
+                                                        "earliest"},
+            "retry_at": {**TS_OR_NULL, "description": "the next attempt after a failed one"}}),
+        "sink": {**STR, "description": 'where reports go: "file <folder>" or "https <url>"'},
+        "region": STR,
+        "history": {"type": "array", "description": "export attempts, newest first",
+                    "items": _obj({"ts": TS, "sink": STR, "reports": INT, "bytes": INT,
+                                   "categories": STR, "result": STR})},
+    }),
+    "ConsentSet": _obj({"category": _enum(CATEGORIES), "granted": BOOL,
+                        "purged": {**INT, "description": "queued reports deleted"}}),
+    "Purged": _obj({"purged": {**INT, "description": "queued reports deleted"}}),
     "CloudStatus": _obj({
         "state": _enum(("connected", "offline", "not configured"),
                        "not configured: no cloud.url; local control, schedules and signed "
@@ -297,8 +338,9 @@ def _operation(route: Route) -> dict[str, Any]:
         "operationId": route.handler.__name__,
         "tags": [route.path.split("/")[3]],
     }
+    path_schemas = dict(route.params)
     params = [{"name": name, "in": "path", "required": True,
-               "schema": {"type": "string", "maxLength": 64}}
+               "schema": path_schemas.get(name, {"type": "string", "maxLength": 64})}
               for name in re.findall(r"{(\w+)}", route.path)]
     params += [{"name": name, "in": "query", "required": False, "schema": schema}
                for name, schema in route.query]
@@ -312,6 +354,10 @@ def _operation(route: Route) -> dict[str, Any]:
         ok = {"description": "OK", "content": {"application/json": {"schema": schema}}}
     else:
         ok = {"description": "OK", "content": {route.produces: {"schema": STR}}}
+    if route.headers:
+        ok["headers"] = {name: {"description": schema.get("description", ""),
+                                "required": True, "schema": schema}
+                         for name, schema in route.headers}
     responses: dict[str, Any] = {str(route.status): ok}
     statuses = set(route.errors) | {421}
     if route.body is not None:

@@ -7,12 +7,14 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import jinja2
 from aiohttp import web
 
 from gateway.devices.kinds import KINDS, Param
+from gateway.privacy.consent import show
 from gateway.web.api import (
     GUARD,
     PRE,
@@ -28,6 +30,7 @@ from gateway.web.api import (
     enrollment_view,
     firewall_notice,
     firewall_view,
+    privacy_error,
     status_view,
     token_view,
     user_view,
@@ -87,8 +90,13 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _epsilon(value: str) -> str:
+    """An exact ε ("1/10", as the ledger keeps it) as people read it: "0.1"."""
+    return show(Fraction(value))
+
+
 ENV.filters.update(ago=_ago, clock=_clock, duration=_duration, age=_age, until=_until,
-                   size=_size, shown=_shown)
+                   size=_size, shown=_shown, epsilon=_epsilon)
 
 # One line per drop class for the Network page (docs/firewall.md has the long version).
 DROP_MEANINGS = {
@@ -211,6 +219,25 @@ async def cloud(request: web.Request) -> web.StreamResponse:
                   sources=SOURCE_MEANINGS)
 
 
+# What each privacy category is about, in a few words (the consent text says it all).
+CATEGORY_TITLES = {
+    "inventory": "Device inventory",
+    "usage": "Device usage",
+    "energy": "Energy by hour",
+    "comfort": "Thermostat setpoints",
+}
+
+
+async def privacy(request: web.Request) -> web.StreamResponse:
+    service = daemon_of(request).privacy
+    status = service.status()
+    ids, body, send_after = service.next_export()
+    return render(request, "privacy.html", title="Privacy", p=status,
+                  error=privacy_error(status), titles=CATEGORY_TITLES,
+                  preview=body.decode(errors="replace"), preview_reports=len(ids),
+                  preview_bytes=len(body), send_after=send_after)
+
+
 async def enroll(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     live = daemon.store.live_enrollments(time.time())
@@ -278,6 +305,7 @@ PAGES: tuple[Page, ...] = (
     Page("GET", "/devices/{id}", device, "page"),
     Page("GET", "/network", network, "page"),
     Page("GET", "/cloud", cloud, "page"),
+    Page("GET", "/privacy", privacy, "page"),
     Page("GET", "/enroll", enroll, "page-admin"),
     Page("GET", "/audit", audit, "page"),
     Page("GET", "/account", account, "page"),

@@ -33,7 +33,8 @@ async def web(tmp_path: Path):
 
 
 def _concrete(path: str) -> str:
-    return path.replace("{id}", "sec-plug-1").replace("{username}", VIEWER[0])
+    return (path.replace("{id}", "sec-plug-1").replace("{username}", VIEWER[0])
+            .replace("{category}", "usage"))
 
 
 async def test_every_route_needs_a_session(web: Lab) -> None:

@@ -197,6 +197,13 @@ const done = {
     for (const name of ["id", "name", "when"]) form.elements[name].value = "";
     refreshFragments();
   },
+  // "Delete queued export data" on the Privacy page: said above, the sections redrawn.
+  purged(form, res) {
+    const n = res.data.purged;
+    privacySay(`Deleted ${n} queued report${n === 1 ? "" : "s"} and this week's data collected so far.`, "ok");
+    say(form, "", "");
+    refreshFragments();
+  },
   // A policy change: the row moves to its new table, so the answer is said above them.
   policy(form, res) {
     const d = res.data;
@@ -387,6 +394,10 @@ const live = {
     setField("cloud-state", cloud.label);
     tone("cloud-state", cloud.state === "connected", cloud.state === "offline");
     setField("cloud-detail", cloud.detail);
+    const privacy = s.tiles.privacy;
+    setField("privacy-state", privacy.label);
+    tone("privacy-state", privacy.state === "on", privacy.state === "error");
+    setField("privacy-detail", privacy.detail);
     firewallNotice(fw.notice);
     const banner = document.getElementById("rotation-alert");
     const alerts = banner.querySelector('[data-list="cred-alerts"]');
@@ -456,6 +467,13 @@ const live = {
       snap.audit.length ? snap.audit[0].id : 0, snap.devices.map((d) => [d.id, d.name])]);
     if (cloudShown !== null && shown !== cloudShown) refreshFragments();
     cloudShown = shown;
+  },
+  privacy(snap) {
+    firewallNotice(snap.status.tiles.firewall.notice);
+    // Consent, the budget, the queue or the history changed: the sections are redrawn.
+    const shown = JSON.stringify(snap.status.privacy);
+    if (privacyShown !== null && shown !== privacyShown) refreshFragments();
+    privacyShown = shown;
   },
   network(snap) {
     firewallNotice(snap.status.tiles.firewall.notice);
@@ -639,12 +657,18 @@ async function refreshFragments() {
     text = await res.text();
   } catch (e) { return; } // offline: the next change tries again
   const doc = new DOMParser().parseFromString(text, "text/html");
+  const focused = document.activeElement && document.activeElement.id;
   for (const old of document.querySelectorAll("[data-fragment]")) {
     const fresh = doc.getElementById(old.id);
     if (!fresh || fresh.dataset.fragment === undefined) continue;
     const node = document.importNode(fresh, true);
     old.replaceWith(node);
     for (const form of node.querySelectorAll("form[data-api]")) wireForm(form);
+  }
+  // Keyboard users keep their place: the redrawn control takes the focus back.
+  if (focused && !document.activeElement.id) {
+    const again = document.getElementById(focused);
+    if (again) again.focus();
   }
   localTimes();
 }
@@ -693,6 +717,53 @@ function network() {
   window.addEventListener("resize", () => { clearTimeout(resized); resized = setTimeout(drawDrops, 100); });
 }
 
+// -- the Privacy page ------------------------------------------------------------------
+
+let privacyShown = null;
+
+function privacySay(text, kind) {
+  const out = document.getElementById("privacy-result");
+  out.textContent = text;
+  out.className = "result " + kind;
+}
+
+// A consent switch: the choice goes to the API at once (the gateway audits it); refused,
+// the switch goes back and the card says why.
+async function consentChanged(input) {
+  const card = input.closest(".consent");
+  const granted = input.checked;
+  input.disabled = true;
+  say(card, "…", "");
+  let res;
+  try {
+    res = await api("PUT", `/api/v1/privacy/consent/${encodeURIComponent(input.dataset.consent)}`,
+                    { granted });
+  } catch (e) {
+    res = { ok: false, status: 0, data: { error: "the gateway did not answer" } };
+  }
+  input.disabled = false;
+  if (!res.ok) {
+    input.checked = !granted;
+    say(card, res.data.error || `failed (${res.status})`, "error");
+    return;
+  }
+  const d = res.data;
+  const purged = d.purged ? `; ${d.purged} queued report${d.purged === 1 ? "" : "s"} deleted` : "";
+  privacySay(`${d.category}: ${d.granted ? "turned on" : "turned off"}${purged}.`, "ok");
+  await refreshFragments();
+  const again = document.getElementById(input.id); // the redrawn switch keeps the focus
+  if (again && (!document.activeElement || document.activeElement === document.body)) again.focus();
+}
+
+function privacyPage() {
+  if (document.body.dataset.live !== "privacy") return;
+  // Delegated: the switches are redrawn with their sections.
+  document.addEventListener("change", (event) => {
+    if (event.target.matches("input[data-consent]")) consentChanged(event.target);
+  });
+  setInterval(refreshFragments, 15000); // "in 3 h" and the like
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   localTimes();
   wireForms();
@@ -700,5 +771,6 @@ document.addEventListener("DOMContentLoaded", () => {
   chart();
   network();
   cloudPage();
+  privacyPage();
   setInterval(refreshTimes, 5000);
 });
