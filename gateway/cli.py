@@ -212,11 +212,7 @@ def _device_list(config: Config, as_json: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        print(json.dumps(_control(args, "status"), indent=2))
-    except ConnectionError as exc:
-        print(f"home-gateway: {exc}", file=sys.stderr)
-        return 3  # LSB: program is not running
+    print(json.dumps(_control(args, "status"), indent=2))
     return 0
 
 
@@ -225,11 +221,7 @@ def cmd_firewall(args: argparse.Namespace) -> int:
         return _firewall_render(_load(args))
     if args.firewall_command == "import-mud":
         return _firewall_import_mud(args)
-    try:
-        status = _control(args, "firewall.status")
-    except ConnectionError as exc:
-        print(f"home-gateway: {exc}", file=sys.stderr)
-        return 3
+    status = _control(args, "firewall.status")
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -258,11 +250,7 @@ def cmd_firewall(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud(args: argparse.Namespace) -> int:
-    try:
-        status = _control(args, "cloud.status")
-    except (ConnectionError, ControlError) as exc:
-        print(f"home-gateway: {exc}", file=sys.stderr)
-        return 3
+    status = _control(args, "cloud.status")
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -281,30 +269,26 @@ def cmd_cloud(args: argparse.Namespace) -> int:
 def cmd_privacy(args: argparse.Namespace) -> int:
     if args.privacy_command == "aggregate":
         return _privacy_aggregate(args)
-    try:
-        if args.privacy_command == "consent":
-            result = _control(args, "privacy.consent", category=args.category,
-                              granted=args.choice == "on")
-            print(f"{args.category}: {args.choice}" + (
-                f" ({result['purged']} queued report(s) deleted)" if result["purged"] else ""))
-            return 0
-        if args.privacy_command == "delete-queued":
-            result = _control(args, "privacy.delete")
-            print(f"deleted {result['purged']} queued report(s) and this week's aggregates")
-            return 0
-        if args.privacy_command == "preview":
-            preview = _control(args, "privacy.preview")
-            when = preview["send_after"]
-            print(f"{preview['reports']} report(s), {len(preview['body'].encode())} bytes, to "
-                  f"{preview['sink']}" + (f", leaving after {_when(when)}" if when else "")
-                  + "; the bytes follow on standard output" if preview["reports"]
-                  else "nothing is queued: the next export sends nothing", file=sys.stderr)
-            sys.stdout.write(preview["body"])
-            return 0
-        status = _control(args, "privacy.status")
-    except (ConnectionError, ControlError) as exc:
-        print(f"home-gateway: {exc}", file=sys.stderr)
-        return 3
+    if args.privacy_command == "consent":
+        result = _control(args, "privacy.consent", category=args.category,
+                          granted=args.choice == "on")
+        print(f"{args.category}: {args.choice}" + (
+            f" ({result['purged']} queued report(s) deleted)" if result["purged"] else ""))
+        return 0
+    if args.privacy_command == "delete-queued":
+        result = _control(args, "privacy.delete")
+        print(f"deleted {result['purged']} queued report(s) and this week's aggregates")
+        return 0
+    if args.privacy_command == "preview":
+        preview = _control(args, "privacy.preview")
+        when = preview["send_after"]
+        print(f"{preview['reports']} report(s), {len(preview['body'].encode())} bytes, to "
+              f"{preview['sink']}" + (f", leaving after {_when(when)}" if when else "")
+              + "; the bytes follow on standard output" if preview["reports"]
+              else "nothing is queued: the next export sends nothing", file=sys.stderr)
+        sys.stdout.write(preview["body"])
+        return 0
+    status = _control(args, "privacy.status")
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -618,6 +602,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except StoreError as exc:
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 1
+    except ConnectionError as exc:  # the daemon's control socket: nobody there
+        print(f"home-gateway: {exc}", file=sys.stderr)
+        return 3  # LSB: program is not running
+    except ControlError as exc:  # the daemon refused
         print(f"home-gateway: {exc}", file=sys.stderr)
         return 1
 

@@ -30,6 +30,7 @@ from aiohttp import web
 from gateway.credentials.pki import Pki, issue_server_cert
 from gateway.mqtt import Endpoint, MqttSession
 from gateway.privacy.reports import CATEGORIES, WeekData, validate, week_of
+from gateway.privacy.service import PrivacyService
 from gateway.sim.lab import Lab, free_port, start_lab
 from tests.polling import eventually
 
@@ -185,6 +186,16 @@ class FakeClock:
         self.offset += 7 * 86400
 
 
+def take_over_the_clock(lab: Lab, consents: tuple[str, ...] = ()
+                        ) -> tuple[PrivacyService, FakeClock]:
+    """The privacy service on a clock the test moves, with these categories consented."""
+    privacy, clock = lab.daemon.privacy, FakeClock()
+    privacy.clock = clock
+    for category in consents:
+        privacy.set_consent(category, True, "alice")
+    return privacy, clock
+
+
 async def close_and_export(lab: Lab, clock: FakeClock) -> tuple[list[dict[str, Any]], str | None]:
     """End the collected week, release its reports and run the export at once."""
     privacy = lab.daemon.privacy
@@ -205,9 +216,7 @@ def outbox_bytes(lab: Lab) -> bytes:
 async def test_no_canary_leaves_under_any_combination_of_consents(
         lab_with_canaries: tuple[Lab, list[MqttSession]]) -> None:
     lab, sessions = lab_with_canaries
-    privacy = lab.daemon.privacy
-    clock = FakeClock()
-    privacy.clock = clock
+    privacy, clock = take_over_the_clock(lab)
     exported_before = b""
     for combo in itertools.chain.from_iterable(
             itertools.combinations(CATEGORIES, n) for n in range(len(CATEGORIES) + 1)):
@@ -240,9 +249,7 @@ async def test_no_canary_leaves_under_any_combination_of_consents(
 async def test_a_default_install_exports_nothing(tmp_path: Path) -> None:
     """No consent given: readings flow, weeks end, and not one byte is written or kept."""
     async with canary_lab(tmp_path, "") as (lab, sessions):
-        privacy = lab.daemon.privacy
-        clock = FakeClock()
-        privacy.clock = clock
+        privacy, clock = take_over_the_clock(lab)
         for _week in range(3):
             await send_canary_week(lab, sessions)
             queued, result = await close_and_export(lab, clock)
@@ -312,11 +319,7 @@ async def test_the_https_sink_verifies_the_server_retries_and_delivers(tmp_path:
     extra = privacy_config(sink="https", url=collector.url, ca_file=str(collector.pki.ca_cert),
                            retry_initial_s=1, retry_max_s=2)
     async with collector, impostor, canary_lab(tmp_path, extra) as (lab, sessions):
-        privacy = lab.daemon.privacy
-        clock = FakeClock()
-        privacy.clock = clock
-        for category in CATEGORIES:
-            privacy.set_consent(category, True, "alice")
+        privacy, clock = take_over_the_clock(lab, CATEGORIES)
         await send_canary_week(lab, sessions)
         collector.failures = 2
         queued, result = await close_and_export(lab, clock)
@@ -348,11 +351,7 @@ async def test_the_https_sink_verifies_the_server_retries_and_delivers(tmp_path:
 
 async def test_the_ledger_stops_the_export_with_a_clear_message(tmp_path: Path) -> None:
     async with canary_lab(tmp_path, privacy_config(week_cap="1/32")) as (lab, sessions):
-        privacy = lab.daemon.privacy
-        clock = FakeClock()
-        privacy.clock = clock
-        for category in CATEGORIES:
-            privacy.set_consent(category, True, "alice")
+        privacy, clock = take_over_the_clock(lab, CATEGORIES)
         await send_canary_week(lab, sessions)
 
         # Past the cap: 1/64 each, 1/32 a week, so two of the four go and two are refused.
@@ -403,11 +402,7 @@ async def test_the_ledger_stops_the_export_with_a_clear_message(tmp_path: Path) 
 async def test_withdrawing_consent_purges_queued_reports_before_the_export(
         tmp_path: Path) -> None:
     async with canary_lab(tmp_path, privacy_config(window_s=86400)) as (lab, sessions):
-        privacy = lab.daemon.privacy
-        clock = FakeClock()
-        privacy.clock = clock
-        for category in ("usage", "inventory"):
-            privacy.set_consent(category, True, "alice")
+        privacy, clock = take_over_the_clock(lab, ("usage", "inventory"))
         await send_canary_week(lab, sessions)
         clock.next_week()
         assert len(privacy.close_week()) == 2
@@ -434,9 +429,7 @@ async def test_pseudonyms_change_with_the_epoch_and_the_old_key_is_deleted(
         tmp_path: Path) -> None:
     extra = privacy_config(link_reports=True, pseudonym_epoch_days=14)
     async with canary_lab(tmp_path, extra) as (lab, _sessions):
-        privacy = lab.daemon.privacy
-        clock = FakeClock()
-        privacy.clock = clock
+        privacy, clock = take_over_the_clock(lab)
         # Releases (a week after each other) a minute into an epoch, then 7, 14 and 21 days on.
         clock.offset = 14 * 86400 - time.time() % (14 * 86400) - 7 * 86400 + 60
         privacy.set_consent("inventory", True, "alice")
