@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import ssl as ssl_module
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -85,8 +86,52 @@ class ConnectionLog:
 
 def _die_with_parent() -> None:
     """Runs in the child before exec: if the gateway is killed, the broker goes too."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    set_parent_death_signal(signal.SIGTERM)
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """In a child before exec: the kernel sends it `sig` when its parent dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+
+
+async def wait_accepting(proc: asyncio.subprocess.Process, host: str, port: int, what: str,
+                         tail: Sequence[str], ssl: ssl_module.SSLContext | None = None) -> None:
+    """Until the Mosquitto `proc` accepts a connection on host:port (with `ssl`, completes a
+    TLS handshake); BrokerError with its last words (`tail`) if it exits or does not
+    answer within START_TIMEOUT_S."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.returncode is not None:
+            await asyncio.sleep(0.05)  # let the stderr reader catch the last words
+            raise BrokerError(f"{what} exited with status {proc.returncode}: "
+                              + (" | ".join(tail) or "no output"))
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ssl),
+                                               2.0)
+        except (OSError, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"{what} did not accept {'TLS' if ssl else 'connections'} on {host}:{port} "
+                    f"within {START_TIMEOUT_S:.0f} s ({exc}): "
+                    + (" | ".join(tail) or "no output")) from None
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+
+
+async def terminate(proc: asyncio.subprocess.Process | None) -> None:
+    """SIGTERM, SIGKILL after STOP_TIMEOUT_S; returns once the process is gone."""
+    if proc is None or proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 def broker_environment() -> dict[str, str]:
@@ -195,29 +240,8 @@ class EmbeddedBroker:
 
     async def _wait_accepting(self, proc: asyncio.subprocess.Process) -> None:
         first = self.listeners[0]
-        host, port = client_address(first), first.port
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.returncode is not None:
-                await asyncio.sleep(0.05)  # let the stderr reader catch the last words
-                raise BrokerError(
-                    f"mosquitto exited with status {proc.returncode}: "
-                    + (" | ".join(self._stderr_tail) or "no output")
-                )
-            try:
-                _, writer = await asyncio.open_connection(host, port)
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise BrokerError(
-                        f"mosquitto did not accept connections on {host}:{port} within "
-                        f"{START_TIMEOUT_S:.0f} s"
-                    ) from None
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return
+        await wait_accepting(proc, client_address(first), first.port, "mosquitto",
+                             self._stderr_tail)
 
     async def _supervise(self) -> None:
         while True:
@@ -244,11 +268,4 @@ class EmbeddedBroker:
 
     async def _terminate(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await terminate(proc)

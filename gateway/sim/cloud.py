@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import datetime
 import ipaddress
 import json
@@ -38,6 +37,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.aio import cancel_and_wait
+from gateway.broker.process import (
+    BrokerError,
+    set_parent_death_signal,
+    terminate,
+    wait_accepting,
+)
 from gateway.cloud.envelope import SHADOW_DESIRED, public_key_text, sign
 from gateway.cloud.shadows import CLOUD, merge_desired
 from gateway.credentials.pki import Pki, ensure_ca, issue_server_cert
@@ -52,7 +57,6 @@ T = TypeVar("T")
 KID = "sim-cloud"
 ISSUER = "cloud-issuer"
 START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 5.0
 COMMAND_LIFETIME_S = 300.0
 
 
@@ -71,7 +75,7 @@ class Received:
 
 def _die_with_parent() -> None:
     """Runs in the child before exec: the broker never outlives the test or CLI."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    set_parent_death_signal(signal.SIGKILL)
 
 
 def _common_name(path: Path) -> str | None:
@@ -434,38 +438,12 @@ class CloudSim:
 
     async def _wait_accepting(self, proc: asyncio.subprocess.Process) -> None:
         """Until a TLS handshake with the sim's CA succeeds (proves the TLS setup too)."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        context = self.ssl_context("issuer")
-        while True:
-            if proc.returncode is not None:
-                await asyncio.sleep(0.05)  # let the reader catch the last words
-                raise RuntimeError(f"cloud mosquitto exited with status {proc.returncode}: "
-                                   + (" | ".join(self._stderr_tail) or "no output"))
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(
-                    self.address, self.port, ssl=context), 2.0)
-            except (OSError, TimeoutError) as exc:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"cloud mosquitto did not accept TLS on {self.address}:{self.port} "
-                        f"within {START_TIMEOUT_S:.0f} s ({exc}): "
-                        + (" | ".join(self._stderr_tail) or "no output")) from None
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return
+        await wait_accepting(proc, self.address, self.port, "cloud mosquitto",
+                             self._stderr_tail, ssl=self.ssl_context("issuer"))
 
     async def _terminate(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await terminate(proc)
         await cancel_and_wait(self._stderr_task)
         self._stderr_task = None
 
@@ -689,7 +667,7 @@ def main(args: argparse.Namespace) -> int:
                    port=args.port, mtls=args.mtls)
     try:
         return asyncio.run(run(sim, commands, args.every, args.duration))
-    except RuntimeError as exc:
+    except (RuntimeError, BrokerError) as exc:
         print(f"home-gateway: {exc}", file=sys.stderr)
         return 1
 
