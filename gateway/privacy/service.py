@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -82,6 +83,7 @@ class PrivacyService:
         self.backoff: Backoff | None = None  # while the sink fails
         self.retry_at = 0.0
         self._dirty = False
+        self._ledger_cache: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._consented = self._read_consents()
@@ -331,21 +333,38 @@ class PrivacyService:
 
     # -- what the admin page and the CLI show --------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        now = self.clock()
-        given = self.store.consents()
-        ids, body, send_after = self.next_export()
-        week = week_of(now - 7 * 86400, self.zone)  # the week whose reports went out last
-        ledger: dict[str, Any] = {"ok": True, "error": None}
+    def _ledger_view(self, now: float, week: str) -> dict[str, Any]:
+        """The ledger's state and budget for the status. Every open admin page asks each
+        second, so the ledger is verified line by line again only when its bytes changed
+        (one hash of the file tells), the recorded head or the week did, or a minute passed
+        (the 365-day window moves). Releasing and exporting verify it every time."""
+        head = self._head()
         try:
-            budget = self.ledger.budget(now, week, expect_head=self._head())
-            ledger["budget"] = {
+            key: tuple[Any, ...] = (hashlib.sha256(self.ledger.path.read_bytes()).digest(),)
+        except OSError as exc:
+            key = (type(exc).__name__, exc.errno)
+        key += (head, week, int(now // 60), self.ledger.week_cap, self.ledger.year_cap)
+        if self._ledger_cache is not None and self._ledger_cache[0] == key:
+            return self._ledger_cache[1]
+        view: dict[str, Any] = {"ok": True, "error": None}
+        try:
+            budget = self.ledger.budget(now, week, expect_head=head)
+            view["budget"] = {
                 "week": week, "week_spent": str(budget.week_spent),
                 "week_cap": str(budget.week_cap), "week_left": str(budget.week_left),
                 "year_spent": str(budget.year_spent), "year_cap": str(budget.year_cap),
                 "year_left": str(budget.year_left)}
         except LedgerError as exc:
-            ledger = {"ok": False, "error": str(exc), "budget": None}
+            view = {"ok": False, "error": str(exc), "budget": None}
+        self._ledger_cache = (key, view)
+        return view
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        given = self.store.consents()
+        ids, body, send_after = self.next_export()
+        week = week_of(now - 7 * 86400, self.zone)  # the week whose reports went out last
+        ledger = self._ledger_view(now, week)
         consented = self.consented()
         state = ("error" if not ledger["ok"] or self.last_error else
                  "on" if consented else "off")
