@@ -225,17 +225,15 @@ def cmd_firewall(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    def when(ts: float | None) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
     print(f"mode:        {status['mode']}")
     print(f"state:       {status['summary']}")
     if status["problem"]:
         print(f"problem:     {status['problem']}")
-    print(f"last apply:  {when(status['last_apply'])} ({status['last_reason'] or '-'}, "
+    print(f"last apply:  {_when(status['last_apply'])} ({status['last_reason'] or '-'}, "
           f"{status['last_apply_ms'] or 0:.0f} ms); {status['applies']} applies, "
           f"{status['failures']} failures")
     print(f"drift:       {status['drift_repairs']} repaired"
-          + (f"; last: {status['last_drift']} at {when(status['last_drift_at'])}"
+          + (f"; last: {status['last_drift']} at {_when(status['last_drift_at'])}"
              if status["last_drift"] else ""))
     print(f"ruleset:     {status['rules']} rules, {status['elements']} set elements")
     for warning in status["warnings"]:
@@ -308,8 +306,9 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     return 1 if status["state"] == "error" else 0
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+def _when(ts: float | None) -> str:
+    """A moment for people, in local time; "never" for none."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
 
 
 def _privacy_aggregate(args: argparse.Namespace) -> int:
