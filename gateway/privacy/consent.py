@@ -11,6 +11,13 @@ from fractions import Fraction
 from gateway.config import PrivacyConfig
 from gateway.privacy.reports import BRANDS, ENERGY_BOUND, USAGE_BOUND
 
+# What each category is about, in a few words (its text says it all).
+TITLES = {
+    "inventory": "Device inventory",
+    "usage": "Device usage",
+    "energy": "Energy by hour",
+    "comfort": "Thermostat setpoints",
+}
 WHAT = {
     "inventory": (
         "Which kinds of device you have: once a week, one of your devices picked at random, "

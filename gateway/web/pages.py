@@ -14,7 +14,7 @@ import jinja2
 from aiohttp import web
 
 from gateway.devices.kinds import KINDS, Param
-from gateway.privacy.consent import show
+from gateway.privacy.consent import TITLES, show
 from gateway.web.api import (
     GUARD,
     PRE,
@@ -219,21 +219,12 @@ async def cloud(request: web.Request) -> web.StreamResponse:
                   sources=SOURCE_MEANINGS)
 
 
-# What each privacy category is about, in a few words (the consent text says it all).
-CATEGORY_TITLES = {
-    "inventory": "Device inventory",
-    "usage": "Device usage",
-    "energy": "Energy by hour",
-    "comfort": "Thermostat setpoints",
-}
-
-
 async def privacy(request: web.Request) -> web.StreamResponse:
     service = daemon_of(request).privacy
     status = service.status()
     ids, body, send_after = service.next_export()
     return render(request, "privacy.html", title="Privacy", p=status,
-                  error=privacy_error(status), titles=CATEGORY_TITLES,
+                  error=privacy_error(status), titles=TITLES,
                   preview=body.decode(errors="replace"), preview_reports=len(ids),
                   preview_bytes=len(body), send_after=send_after)
 
