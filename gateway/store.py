@@ -1004,13 +1004,10 @@ class Store:
         return list(self.db.execute("SELECT id, category, week, body, send_after"
                                     " FROM privacy_queue ORDER BY id"))
 
-    def purge_queue(self, ids: Iterable[int] | None = None) -> int:
-        """Delete these queued reports (all when `ids` is None); how many went."""
+    def purge_queue(self) -> int:
+        """Delete every queued report; how many went."""
         with self.transaction():
-            if ids is None:
-                return self.db.execute("DELETE FROM privacy_queue").rowcount
-            return self.db.executemany("DELETE FROM privacy_queue WHERE id = ?",
-                                       [(i,) for i in ids]).rowcount
+            return self.db.execute("DELETE FROM privacy_queue").rowcount
 
     def log_export(self, ts: float, sink: str, reports: int, size: int, categories: str,
                    result: str, sent_ids: Iterable[int] = ()) -> None:
