@@ -60,6 +60,14 @@ def report_line(report: dict[str, Any]) -> str:
     return json.dumps(report, sort_keys=True, separators=(",", ":")) + "\n"
 
 
+def batch(rows: list[tuple[int, str, str, str, float]]
+          ) -> tuple[list[int], bytes, float | None]:
+    """Queued rows (id, category, week, line, send_after) -> their ids, the bytes they make
+    and when they may leave (None when there are none)."""
+    body = "".join(row[3] for row in rows).encode()
+    return [row[0] for row in rows], body, max((row[4] for row in rows), default=None)
+
+
 def write_atomically(path: Path, data: bytes, mode: int = 0o640) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -240,17 +248,15 @@ class PrivacyService:
 
     def next_export(self) -> tuple[list[int], bytes, float | None]:
         """The queued reports' ids, exactly the bytes the next export sends, and when."""
-        rows = self.store.queued_reports()
-        body = "".join(row[3] for row in rows).encode()
-        return [row[0] for row in rows], body, max((r[4] for r in rows), default=None)
+        return batch(self.store.queued_reports())
 
     async def export_due(self) -> str | None:
         """Send the queue if its time has come; the result recorded, or None if nothing."""
         now = self.clock()
-        ids, body, send_after = self.next_export()
-        if not ids or send_after is None or now < max(send_after, self.retry_at):
-            return None
         rows = self.store.queued_reports()
+        ids, body, send_after = batch(rows)
+        if send_after is None or now < max(send_after, self.retry_at):
+            return None
         categories = ",".join(sorted({row[1] for row in rows}))
         sink = self.describe_sink()
         try:
