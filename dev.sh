@@ -16,7 +16,7 @@ SYSTEM_PACKAGES=(
   chromium fonts-dejavu-core
 )
 PY=/usr/bin/python3            # Debian's Python, never a pyenv or other Python on PATH
-TEST_TOOLS=(pytest pytest-asyncio hypothesis playwright "schemathesis>=4.0" "opendp>=0.10")
+TEST_TOOLS=(pytest pytest-asyncio hypothesis playwright "schemathesis>=4.0" "opendp>=0.10" "jsonschema>=4")
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
