@@ -14,7 +14,17 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import cloud, command_rtt, firewall, memory, privacy, rotation, throughput, web
+from bench import (
+    cloud,
+    command_rtt,
+    firewall,
+    homeassistant,
+    memory,
+    privacy,
+    rotation,
+    throughput,
+    web,
+)
 from bench.common import Figure, environment, table
 
 Measure = Callable[[Path, bool], Awaitable[list[Figure]]]
@@ -27,10 +37,11 @@ FIGURES: dict[str, Measure] = {
     "firewall": firewall.measure,
     "cloud": cloud.measure,
     "privacy": privacy.measure,
+    "homeassistant": homeassistant.measure,
 }
 BUDGET_S = {"throughput": 150.0, "rtt": 90.0, "memory": 90.0, "web": 90.0,
             "rotation": 240.0, "firewall": 120.0, "cloud": 300.0,
-            "privacy": 180.0}  # each stops by itself
+            "privacy": 180.0, "homeassistant": 120.0}  # each stops by itself
 QUICK_BUDGET_S = {**BUDGET_S, "rotation": 90.0, "firewall": 60.0, "cloud": 90.0,
                   "privacy": 60.0}
 

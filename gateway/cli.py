@@ -306,6 +306,75 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     return 1 if status["state"] == "error" else 0
 
 
+def cmd_homeassistant(args: argparse.Namespace) -> int:
+    if args.ha_command == "rotate":
+        result = _control(args, "homeassistant.rotate", actor="cli")
+        print(f"new login {result['username']}: enter it in Home Assistant's MQTT integration "
+              "(`home-gateway homeassistant status --show-password`); the old login works "
+              "until Home Assistant uses the new one")
+        return 0
+    status = _control(args, "homeassistant.status", reveal=args.show_password)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    if not status["enabled"]:
+        print("Home Assistant: off (homeassistant.enabled = false)")
+        return 0
+    print(f"bridge:     {'connected' if status['connected'] else 'NOT connected'} "
+          f"({status['broker']} broker), prefix {status['prefix']!r}")
+    for broker in status["brokers"]:
+        print(f"broker:     {broker['host']} port {broker['port']} "
+              f"{'TLS' if broker['tls'] else 'plain text'}")
+    if "username" in status:
+        print(f"username:   {status['username']}")
+        if "password" in status:
+            print(f"password:   {status['password']}")
+        print(f"CA:         {status['ca_file']} (SHA-256 {status['ca_sha256'] or 'not yet made'})")
+        login = status["login"]
+        if login["waiting_for_switch_from"]:
+            print(f"rotation:   {login['waiting_for_switch_from']} still works until Home "
+                  f"Assistant logs in as {login['username']}")
+        last = login["last_login"]
+        print(f"last login: {_when(last['at'])} as {last['username']} from {last['address']}"
+              if last else "last login: none since the gateway started")
+    print(f"entities:   {status['entities']} for {status['devices']} device(s) and the gateway")
+    birth = status["last_birth"]
+    print(f"birth:      {birth['payload']!r} at {_when(birth['at'])}" if birth
+          else "birth:      none seen since the gateway started")
+    c = status["commands"]
+    print(f"commands:   {c['ok']} relayed, {c['rejected']} rejected, {c['failed']} failed")
+    return 0 if status["connected"] else 1
+
+
+def cmd_discovery(args: argparse.Namespace) -> int:
+    if args.discovery_command == "adopt":
+        result = _control(args, "discovery.adopt", key=args.key, id=args.id, kind=args.kind,
+                          name=args.name)
+        print(f"adopted as {result['id']}; its broker login (shown once):")
+        print(f"  username: {result['username']}\n  password: {result['password']}")
+        return 0
+    if args.discovery_command in ("ignore", "unignore"):
+        _control(args, "discovery.ignore", key=args.key,
+                 ignored=args.discovery_command == "ignore")
+        print(f"{args.key}: {args.discovery_command}d")
+        return 0
+    result = _control(args, "discovery.list")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = [r for r in result["discovered"] if args.all or r["status"] == "new"]
+    if not rows:
+        print("nothing new discovered" + ("" if args.all else " (--all lists ignored and "
+                                                                "adopted ones too)"))
+    for r in rows:
+        what = "DHCP lease" if r["source"] == "dhcp" else f"{r['type']} port {r['port']}"
+        match = f", is {r['device']}" if r["device"] else ""
+        print(f"{r['status']:8} {r['key']}\n         {what} at {', '.join(r['addresses'])}"
+              f"{', MAC ' + r['mac'] if r['mac'] else ''}{match}; last seen "
+              f"{_when(r['last_seen'])}{'' if r['present'] else ' (gone)'}")
+    return 0
+
+
 def _when(ts: float | None) -> str:
     """A moment for people, in local time; "never" for none."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
@@ -564,6 +633,33 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--by-region", action="store_true", help="estimate each region apart")
     agg.add_argument("--json", action="store_true")
     privacy.set_defaults(func=cmd_privacy)
+
+    ha = sub.add_parser("homeassistant", help="the Home Assistant bridge")
+    hsub = ha.add_subparsers(dest="ha_command", required=True)
+    hstatus = with_config(hsub.add_parser(
+        "status", help="what to enter in Home Assistant, entities and the last birth seen"))
+    hstatus.add_argument("--json", action="store_true")
+    hstatus.add_argument("--show-password", action="store_true",
+                         help="also print Home Assistant's broker password")
+    with_config(hsub.add_parser(
+        "rotate", help="issue Home Assistant's next broker login (the old one works until "
+                       "Home Assistant uses the new one)"))
+    ha.set_defaults(func=cmd_homeassistant)
+
+    disc = sub.add_parser("discovery", help="what mDNS and DHCP found on the IoT segment")
+    dsub2 = disc.add_subparsers(dest="discovery_command", required=True)
+    dlist = with_config(dsub2.add_parser("list", help="new sightings (--all: every one)"))
+    dlist.add_argument("--all", action="store_true")
+    dlist.add_argument("--json", action="store_true")
+    adopt = with_config(dsub2.add_parser(
+        "adopt", help="register a sighting as a device and print its broker login"))
+    adopt.add_argument("key", help='as `discovery list` shows it, e.g. "dhcp:02:…"')
+    adopt.add_argument("id")
+    adopt.add_argument("kind", choices=sorted(KINDS))
+    adopt.add_argument("--name")
+    for verb in ("ignore", "unignore"):
+        with_config(dsub2.add_parser(verb, help=f"{verb} a sighting")).add_argument("key")
+    disc.set_defaults(func=cmd_discovery)
 
     sim = sub.add_parser("sim", help="simulators")
     ssub = sim.add_subparsers(dest="sim_command", required=True)

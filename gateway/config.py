@@ -207,6 +207,23 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HomeAssistantConfig:
+    enabled: bool  # publish discovery, mirror states and take Home Assistant's commands
+    prefix: str  # the discovery prefix Home Assistant listens on
+    broker: str  # "gateway": Home Assistant logs in to the gateway's broker; "external"
+    external: ExternalBroker | None  # Home Assistant's own broker, which the gateway joins
+    name: str  # the gateway's device name in Home Assistant
+    republish_jitter_s: int  # after Home Assistant's birth, wait a random 0..this
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    mdns: bool  # announce the gateway's services and browse the IoT segment
+    dhcp: bool  # read dnsmasq's leases for the IoT segment's MACs, addresses and names
+    dhcp_leases: Path
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceDecl:
     id: str
     name: str
@@ -230,6 +247,8 @@ class Config:
     cloud: CloudConfig
     schedules: SchedulesConfig
     privacy: PrivacyConfig
+    homeassistant: HomeAssistantConfig
+    discovery: DiscoveryConfig
     devices: tuple[DeviceDecl, ...]
     source: Path
 
@@ -1057,6 +1076,39 @@ _PRIVACY = Table(
     rules=[_privacy_rules],
 )
 
+def _homeassistant_rules(values: Mapping[str, Any], ctx: _Ctx, key: str) -> None:
+    broker, external = values["broker"], values["external"]
+    if broker == "external" and external is None:
+        ctx.report(_join(key, "external"), "missing",
+                   'a [homeassistant.external] table when homeassistant.broker = "external"')
+    elif broker == "gateway" and external is not None:
+        ctx.report(_join(key, "external"), 'only used when homeassistant.broker = "external"',
+                   'no [homeassistant.external] table when homeassistant.broker = "gateway"')
+
+
+_HOMEASSISTANT = Table(
+    HomeAssistantConfig,
+    {
+        "enabled": Key(Boolean(), True),
+        "prefix": Key(Text('a topic level of 1 to 64 characters from A-Z, a-z, 0-9, "_" and '
+                           '"-"', 64, r"[A-Za-z0-9_-]{1,64}"), "homeassistant"),
+        "broker": Key(Choice("gateway", "external"), "gateway"),
+        "external": Key(_EXTERNAL, None),
+        "name": Key(Text("a name of 1 to 64 characters", 64), "Home Gateway"),
+        "republish_jitter_s": Key(Integer(0, 300), 5),
+    },
+    rules=[_homeassistant_rules],
+)
+
+_DISCOVERY = Table(
+    DiscoveryConfig,
+    {
+        "mdns": Key(Boolean(), True),
+        "dhcp": Key(Boolean(), True),
+        "dhcp_leases": Key(FilePath("a file path"), "/var/lib/misc/dnsmasq.leases"),
+    },
+)
+
 _DEVICE = Table(
     _device,
     {
@@ -1084,6 +1136,8 @@ _ROOT = Table(
         "cloud": Key(_CLOUD, {}),
         "schedules": Key(_SCHEDULES, {}),
         "privacy": Key(_PRIVACY, {}),
+        "homeassistant": Key(_HOMEASSISTANT, {}),
+        "discovery": Key(_DISCOVERY, {}),
         "devices": Key(
             ListOf(
                 _DEVICE,

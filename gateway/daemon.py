@@ -41,7 +41,10 @@ from gateway.devices.topics import (
     parse_enroll_topic,
 )
 from gateway.devices.validate import Limits
+from gateway.discovery.service import DiscoveryService
 from gateway.firewall.manager import Firewall, PolicyError
+from gateway.homeassistant.bridge import HomeAssistantBridge
+from gateway.homeassistant.login import HaLogin
 from gateway.mqtt import Endpoint, MqttSession, Will
 from gateway.privacy.service import PrivacyService
 from gateway.store import Store
@@ -149,19 +152,27 @@ class Daemon:
         self.pki = gateway_pki(config)
         self.endpoint = broker_endpoint(config, self.files, self.pki)
         self.broker: EmbeddedBroker | None = None
+        self.session = MqttSession(
+            self.endpoint, client_id=self._client_id(), on_message=self._route,
+            subscriptions=[(t, 1) for t in (*GATEWAY_SUBSCRIPTIONS, RESPONSE_TOPIC)],
+            on_connect=self._connected, will=Will(STATUS_TOPIC, b"offline"))
+        self.dynsec = DynsecClient(self.session)
+        ha = config.homeassistant
+        # Home Assistant's login on our broker (not when it has a broker of its own, or
+        # when the gateway's broker is someone else's).
+        self.ha_login = (HaLogin(self.files.directory / "homeassistant.json", self.store,
+                                 self.dynsec, ha.prefix)
+                         if config.broker.mode == "embedded" and ha.enabled
+                         and ha.broker == "gateway" else None)
         if config.broker.mode == "embedded":
             self.broker = EmbeddedBroker(
                 self.files, listener_specs(config), executable=config.broker.executable,
                 max_packet_size=config.broker.max_packet_size, store=self.store,
                 pki=self.pki,
                 on_restart=self._broker_restarted, on_login_refused=self._login_refused,
-                on_login=lambda address, username: self.firewall.device_login(address,
-                                                                              username))
-        self.session = MqttSession(
-            self.endpoint, client_id=self._client_id(), on_message=self._route,
-            subscriptions=[(t, 1) for t in (*GATEWAY_SUBSCRIPTIONS, RESPONSE_TOPIC)],
-            on_connect=self._connected, will=Will(STATUS_TOPIC, b"offline"))
-        self.dynsec = DynsecClient(self.session)
+                on_login=self._broker_login,
+                on_presence=lambda client_id, up: self.devices.set_presence(client_id, up),
+                other_logins=self.ha_login.logins if self.ha_login else lambda: ())
         telemetry = config.telemetry
         self.devices = DeviceService(
             self.store, self.session, self.dynsec,
@@ -186,6 +197,16 @@ class Daemon:
                                  on_health=lambda: self.notifier.status(self.status_line()))
         self.cloud = CloudRelay(config, self.store, self.devices)
         self.privacy = PrivacyService(config, self.store, self.devices)
+        self.homeassistant = HomeAssistantBridge(
+            config, self.store, self.devices, self.session,
+            command=lambda device_id, action, params: self.cloud.command(
+                device_id, action, params, source="homeassistant", actor="homeassistant"),
+            gateway_status=self.status)
+        if ha.enabled and ha.broker == "external":
+            self.devices.reading_hooks.append(
+                lambda device_id, leaf, ts, values: self.homeassistant.mirror_state(
+                    device_id, dict(self.devices.state(device_id), ts=round(ts, 3))))
+        self.discovery = DiscoveryService(config, self.store, self.devices)
         self.refused_logins: dict[str, int] = {}  # by address, not yet audited
         self.refused_total = 0
         self.rates = MessageRate(lambda: self.devices.counters.accepted)
@@ -207,11 +228,17 @@ class Daemon:
             "privacy.preview": self._op_privacy_preview,
             "privacy.consent": self._op_privacy_consent,
             "privacy.delete": self._op_privacy_delete,
+            "homeassistant.status": self._op_homeassistant_status,
+            "homeassistant.rotate": self._op_homeassistant_rotate,
+            "discovery.list": self._op_discovery_list,
+            "discovery.adopt": self._op_discovery_adopt,
+            "discovery.ignore": self._op_discovery_ignore,
             "setup.code": self._op_setup_code,
         })
         self.setup_code: str | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self.running = False
 
     def _client_id(self) -> str:
@@ -253,6 +280,8 @@ class Daemon:
             "firewall": self.firewall.status(),
             "cloud": self.cloud.status(),
             "privacy": self.privacy.status(),
+            "homeassistant": self.homeassistant_status(),
+            "discovery": self.discovery.status(),
             "web": {"urls": list(self.web.urls),
                     "setup_pending": bool(self.web.urls) and self.accounts.needs_setup()},
             "messages": {"accepted": c.accepted, "rejected": c.rejected, "unknown": c.unknown,
@@ -293,6 +322,8 @@ class Daemon:
         await self.rotator.start()
         await self.cloud.start()
         await self.privacy.start()
+        await self.homeassistant.start()
+        await self.discovery.start()
         for listener in plaintext_listeners(self.config):
             log.warning("broker: %s:%d is a plain-text listener: device credentials cross "
                         "the network readable (legacy devices only)", listener.address,
@@ -315,9 +346,11 @@ class Daemon:
     async def stop(self) -> None:
         self.notifier.stopping("Stopping")
         self.running = False
-        await cancel_and_wait(*self._tasks)
+        await cancel_and_wait(*self._tasks, *self._background)
         await self.web.stop()
         await self.control.stop()
+        await self.discovery.stop()
+        await self.homeassistant.stop()
         await self.privacy.stop()
         await self.cloud.stop()
         await self.rotator.stop()
@@ -393,6 +426,9 @@ class Daemon:
                         "keys and limits apply now")
         self.cloud.configure(new)
         self.privacy.configure(new)
+        if (new.homeassistant, new.discovery) != (old.homeassistant, old.discovery):
+            log.warning("reload: the [homeassistant] and [discovery] settings take effect at "
+                        "restart")
         self.store.audit("system", "config.reload", "ok")
         log.info("configuration reloaded from %s", self.config_path)
         self.notifier.ready(self.status_line())
@@ -400,7 +436,9 @@ class Daemon:
     # -- internals ---------------------------------------------------------------------
 
     def _route(self, message: Any) -> None:
-        if message.topic == RESPONSE_TOPIC:
+        if self.homeassistant.wants(message.topic):
+            self.homeassistant.handle(message)
+        elif message.topic == RESPONSE_TOPIC:
             self.dynsec.handle(message)
         elif (token_id := parse_enroll_topic(message.topic)) is not None:
             self.enrollments.handle_hello(token_id, message.payload)
@@ -426,8 +464,28 @@ class Daemon:
         self.rotator.gateway_connected()
         with contextlib.suppress(Exception):
             await self.session.publish(STATUS_TOPIC, b"online", qos=1, retain=True)
+        if not self.homeassistant.external:
+            await self.homeassistant.connected()
+
+    def _broker_login(self, address: str, username: str) -> None:
+        self.firewall.device_login(address, username)
+        if self.ha_login is not None:
+            self._spawn(self.ha_login.seen(username, address))
+
+    def _spawn(self, work: Any) -> None:
+        """Run `work` in the background, keeping a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def homeassistant_status(self) -> dict[str, Any]:
+        status = self.homeassistant.status()
+        if self.ha_login is not None:
+            status["login"] = self.ha_login.status()
+        return status
 
     def _broker_restarted(self, count: int, reason: str) -> None:
+        self.devices.connected = set()  # the old broker's sessions all ended with it
         self.store.audit("system", "broker.restart", "ok", detail=f"{reason}; restart {count}")
 
     async def _status_loop(self) -> None:
@@ -436,6 +494,12 @@ class Daemon:
             await asyncio.sleep(STATUS_INTERVAL_S)
             self.accounts.expire_sessions()
             self._audit_refused_logins()
+            if self.ha_login is not None and self.ha_login.due(
+                    time.time(), self.config.credentials.rotation_days):
+                try:
+                    await self.ha_login.rotate("system")
+                except Exception:
+                    log.exception("homeassistant: could not rotate its login")
             line = self.status_line()
             if line != last:
                 self.notifier.status(line)
@@ -543,6 +607,59 @@ class Daemon:
                 "brokers": [{"host": x.address, "port": x.port, "tls": x.tls}
                             for x in reachable or listeners],
                 "ca_file": str(self.pki.ca_cert), "ca_sha256": ca_fingerprint(self.pki)}
+
+    async def _op_homeassistant_status(self, args: dict[str, Any]) -> Any:
+        return self.homeassistant_connection(reveal=bool(args.get("reveal")))
+
+    def homeassistant_connection(self, reveal: bool = False) -> dict[str, Any]:
+        """What Home Assistant's MQTT integration needs, with the bridge's status. The
+        password only when `reveal`: it is shown to an admin who asks, never logged."""
+        status = self.homeassistant_status()
+        ha = self.config.homeassistant
+        brokers: list[dict[str, Any]] = []
+        if self.ha_login is not None:
+            iot = self.config.network.iot_subnets
+            listeners = self.config.broker.listeners
+            # Home Assistant connects from the LAN side; a loopback listener serves one on
+            # this machine. Never a listener on the devices' segment.
+            lan = [x for x in listeners if not any(
+                ipaddress.ip_address(x.address) in ipaddress.ip_network(n) for n in iot)]
+            brokers = [{"host": x.address, "port": x.port, "tls": x.tls} for x in lan]
+            login = self.ha_login.current
+            status["username"] = login["username"]
+            if reveal:
+                status["password"] = login["password"]
+            status["ca_file"] = str(self.pki.ca_cert)
+            status["ca_sha256"] = ca_fingerprint(self.pki) if self.pki.ca_cert.exists() else None
+        elif ha.broker == "external" and ha.external is not None:
+            brokers = [{"host": ha.external.host, "port": ha.external.port,
+                        "tls": ha.external.tls}]
+        status["brokers"] = brokers
+        return status
+
+    async def _op_homeassistant_rotate(self, args: dict[str, Any]) -> Any:
+        if self.ha_login is None:
+            raise ControlError("Home Assistant has no login on this gateway's broker")
+        return {"username": await self.ha_login.rotate(str(args.get("actor") or "admin"))}
+
+    async def _op_discovery_list(self, args: dict[str, Any]) -> Any:
+        return {"discovered": self.discovery.listing(), "status": self.discovery.status()}
+
+    async def _op_discovery_adopt(self, args: dict[str, Any]) -> Any:
+        try:
+            device, username, secret = await self.discovery.adopt(
+                str(args.get("key")), str(args.get("id")), str(args.get("kind")),
+                args.get("name"), "admin")
+        except DeviceError as exc:
+            raise ControlError(str(exc)) from None
+        return {"id": device.id, "username": username, "password": secret}
+
+    async def _op_discovery_ignore(self, args: dict[str, Any]) -> Any:
+        try:
+            self.discovery.ignore(str(args.get("key")), "admin", args.get("ignored", True) is True)
+        except DeviceError as exc:
+            raise ControlError(str(exc)) from None
+        return {"key": args.get("key")}
 
     async def _op_setup_code(self, args: dict[str, Any]) -> Any:
         if not self.web.urls:

@@ -230,6 +230,33 @@ MIGRATIONS: tuple[str, ...] = (
         result      TEXT NOT NULL
     );
     """,
+    # v7: Home Assistant's retained discovery configs the gateway has published (so a
+    # restart can clear the ones nothing wants any more), and what zeroconf and the DHCP
+    # leases found on the IoT segment.
+    """
+    CREATE TABLE ha_entities (
+        topic       TEXT PRIMARY KEY,
+        device_id   TEXT NOT NULL,
+        published_at REAL NOT NULL
+    );
+    CREATE TABLE discovered (
+        key         TEXT PRIMARY KEY,
+        source      TEXT NOT NULL CHECK (source IN ('mdns', 'dhcp')),
+        name        TEXT NOT NULL,
+        type        TEXT NOT NULL,
+        addresses   TEXT NOT NULL,
+        port        INTEGER,
+        txt         TEXT NOT NULL,
+        mac         TEXT,
+        hostname    TEXT,
+        first_seen  REAL NOT NULL,
+        last_seen   REAL NOT NULL,
+        present     INTEGER NOT NULL DEFAULT 1,
+        status      TEXT NOT NULL DEFAULT 'new'
+                    CHECK (status IN ('new', 'ignored', 'adopted')),
+        device_id   TEXT
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -266,6 +293,26 @@ class Device:
     @property
     def addresses(self) -> tuple[str, ...]:
         return tuple(self.ip.split()) if self.ip else ()
+
+
+@dataclass(frozen=True, slots=True)
+class Discovered:
+    """Something seen on the IoT segment: an mDNS service or a DHCP lease."""
+
+    key: str  # "mdns:<instance name>" or "dhcp:<mac>"
+    source: str  # "mdns" or "dhcp"
+    name: str  # the service's instance name, or the lease's host name (or MAC)
+    type: str  # the service type, e.g. "_shelly._tcp.local.", or "dhcp"
+    addresses: tuple[str, ...]
+    port: int | None
+    txt: Mapping[str, str]
+    mac: str | None
+    hostname: str | None
+    first_seen: float
+    last_seen: float
+    present: bool  # still announced / leased
+    status: str = "new"  # new, ignored or adopted
+    device_id: str | None = None  # the device it was adopted as
 
 
 @dataclass(frozen=True, slots=True)
@@ -1025,6 +1072,65 @@ class Store:
         """(ts, sink, reports, bytes, categories, result), newest first."""
         return list(self.db.execute("SELECT ts, sink, reports, bytes, categories, result FROM"
                                     " privacy_exports ORDER BY id DESC LIMIT ?", (limit,)))
+
+    # -- Home Assistant and discovery ---------------------------------------------------
+
+    def ha_entities(self) -> dict[str, str]:
+        """Published discovery config topic -> device id ("" for the gateway's own)."""
+        return {r[0]: r[1] for r in self.db.execute("SELECT topic, device_id FROM ha_entities")}
+
+    def set_ha_entities(self, added: Mapping[str, str], removed: Iterable[str]) -> None:
+        now = time.time()
+        with self.transaction():
+            self.db.executemany("DELETE FROM ha_entities WHERE topic = ?",
+                                [(t,) for t in removed])
+            self.db.executemany(
+                "INSERT INTO ha_entities VALUES (?, ?, ?) ON CONFLICT (topic)"
+                " DO UPDATE SET device_id = excluded.device_id",
+                [(t, d, now) for t, d in added.items()])
+
+    def upsert_discovered(self, item: Discovered, keep: int) -> None:
+        """Record a sighting (a new one, or news of a known one: its status stays), then
+        forget the oldest sightings beyond `keep` that nobody adopted."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO discovered (key, source, name, type, addresses, port, txt, mac,"
+                " hostname, first_seen, last_seen, present) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?) ON CONFLICT (key) DO UPDATE SET name = excluded.name,"
+                " type = excluded.type, addresses = excluded.addresses, port = excluded.port,"
+                " txt = excluded.txt, mac = coalesce(excluded.mac, mac),"
+                " hostname = coalesce(excluded.hostname, hostname),"
+                " last_seen = excluded.last_seen, present = excluded.present",
+                (item.key, item.source, item.name, item.type, " ".join(item.addresses),
+                 item.port, json.dumps(dict(item.txt), sort_keys=True), item.mac,
+                 item.hostname, item.first_seen, item.last_seen, int(item.present)))
+            self.db.execute(
+                "DELETE FROM discovered WHERE key IN (SELECT key FROM discovered"
+                " WHERE status != 'adopted' ORDER BY last_seen DESC LIMIT -1 OFFSET ?)",
+                (keep,))
+
+    def set_discovered_present(self, keys: Iterable[str], present: bool) -> None:
+        with self.transaction():
+            self.db.executemany("UPDATE discovered SET present = ? WHERE key = ?",
+                                [(int(present), k) for k in keys])
+
+    def discovered(self, key: str | None = None) -> list[Discovered]:
+        sql = "SELECT * FROM discovered"
+        rows = (self.db.execute(sql + " WHERE key = ?", (key,)) if key is not None
+                else self.db.execute(sql + " ORDER BY last_seen DESC"))
+        return [Discovered(key=r["key"], source=r["source"], name=r["name"], type=r["type"],
+                           addresses=tuple(r["addresses"].split()), port=r["port"],
+                           txt=json.loads(r["txt"]), mac=r["mac"], hostname=r["hostname"],
+                           first_seen=r["first_seen"], last_seen=r["last_seen"],
+                           present=bool(r["present"]), status=r["status"],
+                           device_id=r["device_id"]) for r in rows]
+
+    def set_discovered_status(self, key: str, status: str, device_id: str | None) -> bool:
+        with self.transaction():
+            cursor = self.db.execute(
+                "UPDATE discovered SET status = ?, device_id = ? WHERE key = ?",
+                (status, device_id, key))
+        return cursor.rowcount > 0
 
     def setting(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()

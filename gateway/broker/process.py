@@ -43,7 +43,11 @@ class BrokerError(Exception):
 
 
 _NEW_CONNECTION = re.compile(r"New connection from (\S+):\d+ on port \d+")
-_LOGGED_IN = re.compile(r"New client connected from (\S+):\d+ as \S+ \(.*?(?:u'([^']*)')?\)\.?$")
+_LOGGED_IN = re.compile(
+    r"New client connected from (\S+):\d+ as (\S+) \(.*?(?:u'([^']*)')?\)\.?$")
+# A client's session ended: it disconnected, dropped, timed out or was taken over.
+_GONE = re.compile(r"(?:Client (\S+) (?:disconnected|closed its connection|has exceeded "
+                   r"timeout)|Socket error on client (\S+), disconnecting)")
 _REFUSED = "disconnected, not authorised"
 PENDING_S = 10.0  # Mosquitto waits this long at most for a CONNECT after accepting
 
@@ -52,6 +56,8 @@ class LogEvent(NamedTuple):
     connection: bool  # a connection message (logged at debug level)
     refused: str | None = None  # the address of a refused login
     login: tuple[str, str] | None = None  # (address, username) of an accepted login
+    up: str | None = None  # the client id of a session that began
+    down: str | None = None  # the client id of a session that ended
 
 
 class ConnectionLog:
@@ -73,7 +79,8 @@ class ConnectionLog:
                 if address == match[1]:
                     del self._pending[i]
                     break
-            return LogEvent(True, login=(match[1], match[2]) if match[2] else None)
+            return LogEvent(True, login=(match[1], match[3]) if match[3] else None,
+                            up=match[2])
         if _REFUSED in line:
             address = self._pending.popleft()[1] if self._pending else "unknown"
             return LogEvent(True, refused=address)
@@ -81,7 +88,9 @@ class ConnectionLog:
             if self._pending:
                 self._pending.popleft()
             return LogEvent(True)
-        return LogEvent("closed its connection" in line or " disconnected" in line)
+        if match := _GONE.search(line):
+            return LogEvent(True, down=match[1] or match[2])
+        return LogEvent(False)
 
 
 def _die_with_parent() -> None:
@@ -146,8 +155,13 @@ class EmbeddedBroker:
                  executable: str, max_packet_size: int, store: Store,
                  pki: Pki, on_restart: Callable[[int, str], None] | None = None,
                  on_login_refused: Callable[[str], None] | None = None,
-                 on_login: Callable[[str, str], None] | None = None) -> None:
+                 on_login: Callable[[str, str], None] | None = None,
+                 on_presence: Callable[[str, bool], None] = lambda client_id, up: None,
+                 other_logins: Callable[[], Sequence[tuple[str, str, list[dict[str, object]]]]]
+                 = lambda: ()) -> None:
         self.files = files
+        self.on_presence = on_presence  # (client id, connected) as the broker's log says
+        self.other_logins = other_logins  # (username, password, ACLs): Home Assistant's
         self.pki = pki
         self.listeners = tuple(listeners)
         self.executable = executable
@@ -183,8 +197,10 @@ class EmbeddedBroker:
                               host_names(), certificate_addresses(self.listeners))
         # The gateway's own login as its file says now (it is rotated too).
         username, secret = load_or_create_login(self.files.gateway_secret, GATEWAY_USERNAME)
+        others = [(name, hash_password(password), acls)
+                  for name, password, acls in self.other_logins()]
         dynsec = render_dynsec(hash_password(secret), self.store.credentials(),
-                               self.store.live_enrollments(time.time()), username)
+                               self.store.live_enrollments(time.time()), username, others)
         write_private(self.files.dynsec, dynsec)
 
     async def start(self) -> None:
@@ -231,6 +247,8 @@ class EmbeddedBroker:
                 self.on_login_refused(event.refused)
             if event.login is not None and self.on_login is not None:
                 self.on_login(*event.login)
+            if event.up is not None or event.down is not None:
+                self.on_presence(event.up or event.down or "", event.up is not None)
             if event.connection:
                 log.debug("mosquitto: %s", line)
             elif line:

@@ -151,9 +151,12 @@ def _client(username: str, role: str, password: PasswordHash,
 
 def render_dynsec(gateway_password: PasswordHash, credentials: Sequence[Credential],
                   enrollments: Sequence[Enrollment] = (),
-                  gateway_username: str = GATEWAY_USERNAME) -> str:
+                  gateway_username: str = GATEWAY_USERNAME,
+                  others: Sequence[tuple[str, PasswordHash, list[dict[str, object]]]] = (),
+                  ) -> str:
     """The plugin's file: the gateway's admin client, each device login (active and
-    pending) and each live enrollment token, every one with a role of its own."""
+    pending), each live enrollment token and each other login (username, password, ACLs:
+    Home Assistant's), every one with a role of its own."""
     clients = [_client(gateway_username, GATEWAY_ROLE, gateway_password)]
     roles: list[dict[str, object]] = [{"rolename": GATEWAY_ROLE, "acls": gateway_acls()}]
     for cred in credentials:
@@ -167,6 +170,9 @@ def render_dynsec(gateway_password: PasswordHash, credentials: Sequence[Credenti
         role = login_role(username)
         roles.append({"rolename": role, "acls": enrollment_acls(enrollment.id)})
         clients.append(_client(username, role, enrollment.password))
+    for username, password, acls in others:
+        roles.append({"rolename": login_role(username), "acls": acls})
+        clients.append(_client(username, login_role(username), password))
     document = {
         "clients": clients,
         "groups": [],

@@ -93,6 +93,11 @@ class DeviceService:
         # Each called with (device id, "telemetry"|"state", ts, values) for each accepted
         # reading: the cloud relay's telemetry and shadows, the privacy week's aggregates.
         self.reading_hooks: list[Callable[[str, str, float, dict[str, Any]], None]] = []
+        # Each called after the registry was (re)read: a device came, went or changed.
+        self.change_hooks: list[Callable[[], None]] = []
+        # Client ids with a session on the broker, as the embedded broker's log tells;
+        # None when nobody tells (an external broker): presence is then recent activity.
+        self.connected: set[str] | None = None
         self.reload()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -116,6 +121,8 @@ class DeviceService:
                                              last_seen=device.last_seen,
                                              invalid=device.invalid_messages)
         self._data_version = self.store.data_version()
+        for hook in self.change_hooks:
+            hook()
 
     def devices(self) -> list[Device]:
         return list(self._devices.values())
@@ -133,6 +140,22 @@ class DeviceService:
     def is_online(self, device_id: str, within_s: float = ONLINE_WITHIN_S) -> bool:
         seen = self.last_seen(device_id)
         return seen is not None and time.time() - seen < within_s
+
+    def present(self, device_id: str) -> bool:
+        """Is the device there: connected to the broker (when its log tells), else active
+        within ONLINE_WITHIN_S."""
+        if self.connected is not None:
+            return device_id in self.connected
+        return self.is_online(device_id)
+
+    def set_presence(self, client_id: str, up: bool) -> None:
+        """From the broker's log: a session began or ended (a device's client id is its id)."""
+        if self.connected is None:
+            self.connected = set()
+        if up:
+            self.connected.add(client_id)
+        else:
+            self.connected.discard(client_id)
 
     def state(self, device_id: str) -> dict[str, Any]:
         """The device's latest reported state and readings (live, not yet flushed)."""

@@ -23,9 +23,14 @@ def device_topic(device_id: str, leaf: str) -> str:
     return f"devices/{device_id}/{leaf}"
 
 
+# The tree the gateway publishes for Home Assistant (states, availability) and takes its
+# commands from (`<root>/<id>/<key>/set`).
+HA_BRIDGE_ROOT = "home-gateway"
+
+
 def bridge_state_topic(device_id: str) -> str:
     """Where the gateway republishes a device's validated state (Home Assistant's tree)."""
-    return f"home-gateway/{device_id}/state"
+    return f"{HA_BRIDGE_ROOT}/{device_id}/state"
 
 
 def ack_topic(device_id: str, version: int) -> str:

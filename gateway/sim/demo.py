@@ -205,6 +205,10 @@ async def run_demo(state_dir: str | None, devices: int = 6,
             f"{daemon.cloud.status()['state']}). Every {CLOUD_EVERY_S:.0f} s it sends a "
             "signed command; every so often it goes down and comes back")
         say("demo-rogue is a misbehaving sensor: every 20 s it sends garbage, which is dropped.")
+        ha = daemon.homeassistant_connection()
+        say(f"Home Assistant: {ha['entities']} entities published by MQTT discovery; point "
+            f"its MQTT integration at {daemon.endpoint.host}:{daemon.endpoint.port} as "
+            f"{ha.get('username', '-')} (the Home Assistant page shows the password)")
         say("privacy export: off, nothing collected, until you opt in on the Privacy page "
             "(`home-gateway privacy preview` shows the exact bytes that would leave)")
         say("Ctrl-C stops everything.")

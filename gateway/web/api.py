@@ -37,7 +37,16 @@ from gateway.firewall.inventory import Inventory, device_profile
 from gateway.firewall.manager import Firewall, PolicyError
 from gateway.firewall.model import POLICIES, Allow, Peer, PortRange, Profile
 from gateway.privacy.reports import CATEGORIES
-from gateway.store import ApiToken, AuditEntry, CommandEntry, Device, Enrollment, Rotation, User
+from gateway.store import (
+    ApiToken,
+    AuditEntry,
+    CommandEntry,
+    Device,
+    Discovered,
+    Enrollment,
+    Rotation,
+    User,
+)
 from gateway.web.accounts import Accounts, Principal
 from gateway.web.auth import qr_svg
 from gateway.web.openapi import document
@@ -235,6 +244,8 @@ def status_view(daemon: Daemon) -> dict[str, Any]:
         "cloud": cloud_tile(status["cloud"]),
         "firewall": firewall_tile(status["firewall"]),
         "privacy": privacy_tile(status["privacy"]),
+        "homeassistant": homeassistant_tile(status["homeassistant"]),
+        "discovery": discovery_tile(status["discovery"]),
     }
     return status
 
@@ -296,6 +307,31 @@ def privacy_tile(privacy: dict[str, Any]) -> dict[str, Any]:
                                             if queued else "")
     return {"state": state, "label": label, "detail": detail, "categories": granted,
             "queued": queued}
+
+
+def homeassistant_tile(ha: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's "Home Assistant": off, or whether the bridge is connected, with what
+    it publishes and when Home Assistant last announced itself."""
+    if not ha["enabled"]:
+        return {"state": "off", "label": "Off", "detail": "homeassistant.enabled = false"}
+    entities = ha["entities"]
+    detail = [f"{entities} entit{'y' if entities == 1 else 'ies'}",
+              _count(ha["devices"], "device")]
+    birth = ha["last_birth"]
+    detail.append("Home Assistant not seen yet" if birth is None
+                  else f"Home Assistant seen {age_text(time.time() - birth['at'])} ago")
+    if ha["connected"]:
+        state, label = "connected", "Connected"
+    else:
+        state, label = "disconnected", "Not connected"
+    return {"state": state, "label": label, "detail": " · ".join(detail)}
+
+
+def discovery_tile(discovery: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's "Discovered": what waits on the network for the admin to adopt."""
+    new, found = discovery["new"], discovery["found"]
+    return {"state": "new" if new else "ok", "label": f"{new} new" if new else "Nothing new",
+            "detail": f"{found} found on the network", "new": new}
 
 
 def credentials_tile(credentials: dict[str, Any]) -> dict[str, Any]:
@@ -913,7 +949,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                                  status["credentials"], status["firewall"],
                                  status["cloud"]["state"],
                                  status["cloud"]["spool"]["messages"],
-                                 status["tiles"]["privacy"]])
+                                 status["tiles"]["privacy"], status["homeassistant"],
+                                 status["discovery"]["found"], status["discovery"]["new"]])
             now = time.monotonic()
             if change != last_change or now - last_sent >= REFRESH_S:
                 snapshot = json.dumps({"status": status, "devices": devices, "audit": audit})
@@ -927,6 +964,116 @@ async def events(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:  # the page was left mid-write
         pass
     return response
+
+
+# -- Home Assistant: the connection it needs, its login; what was found on the network ----
+
+def no_ha_login(daemon: Daemon) -> str:
+    """Why Home Assistant has no login on this gateway's broker."""
+    ha = daemon.config.homeassistant
+    if not ha.enabled:
+        why = "the integration is off (homeassistant.enabled = false)"
+    elif ha.broker == "external":
+        why = 'it uses a broker of its own (homeassistant.broker = "external")'
+    else:
+        why = 'the gateway\'s broker is an external one (broker.mode = "external")'
+    return f"Home Assistant has no login on this gateway's broker: {why}"
+
+
+def homeassistant_view(daemon: Daemon) -> dict[str, Any]:
+    """The connection Home Assistant's MQTT integration needs and the bridge's status;
+    never the password (only GET /api/v1/homeassistant/credential shows it)."""
+    view = daemon.homeassistant_connection(reveal=False)
+    view.pop("password", None)
+    return view
+
+
+async def get_homeassistant(request: web.Request) -> web.StreamResponse:
+    return reply(homeassistant_view(daemon_of(request)))
+
+
+async def homeassistant_credential(request: web.Request) -> web.StreamResponse:
+    daemon, who = daemon_of(request), principal_of(request)
+    if daemon.ha_login is None:
+        raise HttpError(409, no_ha_login(daemon))
+    connection = daemon.homeassistant_connection(reveal=True)
+    username, password = str(connection["username"]), str(connection["password"])
+    daemon.store.audit(who.actor, "homeassistant.credential", "revealed", target=username)
+    return reply({"username": username, "password": password})
+
+
+async def rotate_homeassistant(request: web.Request) -> web.StreamResponse:
+    daemon, who = daemon_of(request), principal_of(request)
+    if daemon.ha_login is None:
+        raise HttpError(409, no_ha_login(daemon))
+    username = await daemon.ha_login.rotate(who.actor)  # audited as rotated
+    return reply({"username": username})
+
+
+async def list_discovered(request: web.Request) -> web.StreamResponse:
+    discovery = daemon_of(request).discovery
+    return reply({"discovered": discovery.listing(), "status": discovery.status()})
+
+
+DISCOVERED_KEY = Str(1, 300, description='the sighting\'s key: "mdns:<instance name>" or '
+                                         '"dhcp:<mac>"')
+ADOPT = Body({
+    "key": DISCOVERED_KEY,
+    "id": ADD_DEVICE.fields["id"],
+    "kind": ADD_DEVICE.fields["kind"],
+    "name": Str(1, 64, required=False, description="default: the id"),
+})
+IGNORE = Body({
+    "key": DISCOVERED_KEY,
+    "ignored": Bool(description="true: ignore it (it leaves the list of new ones); false: "
+                                "take it back"),
+})
+
+
+def discovered_or_404(daemon: Daemon, key: str) -> Discovered:
+    found = daemon.store.discovered(key)
+    if not found:
+        raise HttpError(404, f"nothing discovered as {key!r}")
+    return found[0]
+
+
+def discovery_error(exc: DeviceError) -> HttpError:
+    message = str(exc)
+    if message.startswith("nothing discovered"):
+        return HttpError(404, message)
+    if "exists" in message or "already" in message or "adopted" in message:
+        return HttpError(409, message)
+    return HttpError(400, message)
+
+
+async def adopt_discovered(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, ADOPT)
+    daemon, who = daemon_of(request), principal_of(request)
+    item = discovered_or_404(daemon, data["key"])
+    if item.status == "adopted":
+        raise HttpError(409, f"{item.key!r} was already adopted as {item.device_id}")
+    try:
+        device, username, secret = await daemon.discovery.adopt(
+            item.key, data["id"], data["kind"], data.get("name"), who.actor)
+    except DeviceError as exc:
+        raise discovery_error(exc) from None
+    device = daemon.devices.device(device.id) or device  # with its credential
+    return reply({"device": device_view(daemon, device),
+                  "credential": {"username": username, "password": secret}}, 201)
+
+
+async def ignore_discovered(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, IGNORE)
+    daemon, who = daemon_of(request), principal_of(request)
+    item = discovered_or_404(daemon, data["key"])
+    if item.status == "adopted":
+        raise HttpError(409, f"{item.key!r} was adopted as {item.device_id}; remove the "
+                             "device instead")
+    try:
+        daemon.discovery.ignore(item.key, who.actor, data["ignored"])
+    except DeviceError as exc:
+        raise discovery_error(exc) from None
+    return reply({"key": item.key, "status": "ignored" if data["ignored"] else "new"})
 
 
 # -- setup, login, account ---------------------------------------------------------------
@@ -1162,6 +1309,28 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", f"{P}/privacy/queue", delete_privacy_queue, "admin",
           "Delete every queued report and this week's aggregates collected so far "
           "(audited)", response="Purged"),
+    Route("GET", f"{P}/homeassistant", get_homeassistant, "read",
+          "What Home Assistant's MQTT integration needs (brokers, user name, the CA's "
+          "fingerprint; never the password) and the bridge's status",
+          response="HomeAssistant"),
+    Route("GET", f"{P}/homeassistant/credential", homeassistant_credential, "admin",
+          "Home Assistant's current broker login with its password (audited); 409 when "
+          "Home Assistant has no login on this gateway's broker",
+          response="HomeAssistantCredential", errors=(409,)),
+    Route("POST", f"{P}/homeassistant/rotate", rotate_homeassistant, "admin",
+          "Issue Home Assistant's next broker login (audited); the current one keeps "
+          "working until Home Assistant logs in with the new one",
+          response="HomeAssistantLogin", errors=(409,)),
+    Route("GET", f"{P}/discovered", list_discovered, "read",
+          "What was found on the IoT segment (mDNS services, DHCP leases), newest first, "
+          "each with its status and the known device it matches", response="DiscoveredList"),
+    Route("POST", f"{P}/discovered/adopt", adopt_discovered, "admin",
+          "Register a discovered thing as a device (with its MAC and IoT address); its MQTT "
+          "credential is returned this once", body=ADOPT, response="DeviceAdded",
+          status=201, errors=(400, 404, 409)),
+    Route("POST", f"{P}/discovered/ignore", ignore_discovered, "admin",
+          "Ignore a discovered thing (it leaves the list of new ones), or take it back",
+          body=IGNORE, response="DiscoveredIgnored", errors=(404, 409)),
     Route("POST", f"{P}/credentials/rotate-all", rotate_all, "admin",
           "Start rotating every device's credential now (with the embedded broker, after "
           "the gateway's own login)", response="Started", status=202),

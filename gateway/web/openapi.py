@@ -57,6 +57,32 @@ PORTS = {**STRS, "description": 'ports and "LOW-HIGH" ranges; "0-65535": any; no
 FRACTION = {"type": "string", "pattern": "^[0-9]+(/[0-9]+)?$",
             "description": 'an exact fraction, as the ledger keeps it: "1/10", "1"'}
 
+BROKER = _obj({"host": STR, "port": INT, "tls": BOOL})
+HA_STATUS = {
+    "enabled": BOOL,
+    "broker": _enum(("gateway", "external"),
+                    "gateway: Home Assistant logs in to the gateway's broker; external: the "
+                    "gateway joins Home Assistant's"),
+    "prefix": {**STR, "description": "the discovery prefix"},
+    "connected": {**BOOL, "description": "the bridge's MQTT session is up"},
+    "gateway_id": STR,
+    "entities": {**INT, "description": "discovery configs published"},
+    "devices": {**INT, "description": "devices with entities"},
+    "last_birth": {**_obj({"payload": STR, "at": TS}), "nullable": True,
+                   "description": "Home Assistant's last birth or will message since the "
+                                  "start (null: none)"},
+    "commands": _obj({"ok": INT, "rejected": INT, "failed": INT}),
+}
+HA_LOGIN = _obj({
+    "username": {**STR, "description": "the current login"},
+    "issued_at": TS,
+    "waiting_for_switch_from": {**STR_OR_NULL, "description": "the previous login, which "
+                                "keeps working until Home Assistant uses the current one"},
+    "last_login": {**_obj({"username": STR, "address": STR, "at": TS}), "nullable": True,
+                   "description": "Home Assistant's last accepted login since the start"},
+})
+HA_LOGIN["description"] = ("only when Home Assistant logs in to the gateway's own broker")
+
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": _obj({"error": STR}, {
@@ -77,8 +103,49 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "firewall": _ref("FirewallStatus"),
         "cloud": _ref("CloudStatus"),
         "privacy": _ref("Privacy"),
+        "homeassistant": _ref("HomeAssistantStatus"),
+        "discovery": _ref("DiscoveryStatus"),
         "tiles": {"type": "object", "additionalProperties": ANY_OBJ},
     }),
+    "HomeAssistantStatus": _obj(HA_STATUS, {"login": HA_LOGIN}),
+    "HomeAssistant": _obj({**HA_STATUS, "brokers": {
+        "type": "array", "description": "where Home Assistant connects: the gateway's "
+        "listeners outside the IoT segment, or Home Assistant's own broker (external); "
+        "none when Home Assistant has no login here", "items": BROKER}}, {
+        "login": HA_LOGIN,
+        "username": {**STR, "description": "Home Assistant's current login on the "
+                                           "gateway's broker"},
+        "ca_file": {**STR, "description": "the CA certificate to trust for TLS"},
+        "ca_sha256": {**STR_OR_NULL, "description": "its SHA-256 fingerprint (null: no CA "
+                                                     "yet)"}}),
+    "HomeAssistantCredential": _obj({"username": STR, "password": STR}),
+    "HomeAssistantLogin": _obj({"username": {**STR, "description": "the new login; the "
+                                             "current one stays until Home Assistant uses "
+                                             "it"}}),
+    "DiscoveryStatus": _obj({
+        "mdns": {**ANY_OBJ, "description": "the mDNS announcer and browser, per address"},
+        "dhcp": {**ANY_OBJ, "description": "the DHCP lease watcher"},
+        "found": {**INT, "description": "sightings kept"},
+        "new": {**INT, "description": "present and neither adopted nor ignored"}}),
+    "Discovered": _obj({
+        "key": {**STR, "description": '"mdns:<instance name>" or "dhcp:<mac>"'},
+        "source": _enum(("mdns", "dhcp")),
+        "name": {**STR, "description": "the service's instance name, or the lease's host "
+                                       "name (or MAC): from the network, untrusted"},
+        "type": {**STR, "description": 'the mDNS service type, or "dhcp"'},
+        "addresses": STRS, "port": {**INT, "nullable": True},
+        "txt": {"type": "object", "additionalProperties": STR,
+                "description": "the mDNS TXT record"},
+        "mac": STR_OR_NULL, "hostname": STR_OR_NULL,
+        "first_seen": TS, "last_seen": TS,
+        "present": {**BOOL, "description": "still announced or leased"},
+        "status": _enum(("new", "ignored", "adopted")),
+        "device": {**STR_OR_NULL, "description": "the device it was adopted as, or the known "
+                                                 "device with its MAC or address"}}),
+    "DiscoveredList": _obj({"discovered": {"type": "array", "items": _ref("Discovered"),
+                                           "description": "newest first"},
+                            "status": _ref("DiscoveryStatus")}),
+    "DiscoveredIgnored": _obj({"key": STR, "status": _enum(("new", "ignored"))}),
     "Privacy": _obj({
         "state": _enum(("off", "on", "error"),
                        "off: no category consented; error: the export is stopped (see "

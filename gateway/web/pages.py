@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from aiohttp import web
@@ -30,11 +32,16 @@ from gateway.web.api import (
     enrollment_view,
     firewall_notice,
     firewall_view,
+    homeassistant_view,
+    no_ha_login,
     privacy_error,
     status_view,
     token_view,
     user_view,
 )
+
+if TYPE_CHECKING:
+    from gateway.daemon import Daemon
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -152,11 +159,64 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
                   audit=[audit_view(e) for e in daemon.store.audit_log(8)])
 
 
+def suggested_id(name: str, taken: set[str]) -> str:
+    """A device id from a discovered name: "Küche Plug #2" -> "kuche-plug-2", unique."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:40].strip("-")
+    if len(slug) < 3:
+        slug = f"device-{slug}".strip("-")
+    candidate, n = slug, 2
+    while candidate in taken:
+        suffix = f"-{n}"
+        candidate = slug[:40 - len(suffix)].rstrip("-") + suffix
+        n += 1
+    return candidate
+
+
+def discovered_label(item: Mapping[str, Any]) -> str:
+    """How a sighting is named on the page: an mDNS instance without its service type."""
+    name, kind = str(item["name"]), str(item["type"])
+    if item["source"] == "mdns" and name.endswith("." + kind) and len(name) > len(kind) + 1:
+        return name[:-len(kind) - 1]
+    return name
+
+
+def discovered_view(daemon: Daemon) -> dict[str, Any]:
+    """The Devices page's "Discovered on the network": the new ones still present (each
+    with an id and a name to adopt it as), the ignored ones, and how many new ones left."""
+    taken = {d.id for d in daemon.devices.devices()}
+    new, ignored, gone = [], [], 0
+    for item in daemon.discovery.listing():
+        label = discovered_label(item)
+        row = {**item, "label": label, "suggested_id": suggested_id(label, taken),
+               "suggested_name": label[:64]}
+        if item["status"] == "ignored":
+            ignored.append(row)
+        elif item["status"] == "new":
+            if item["present"]:
+                new.append(row)
+                taken.add(row["suggested_id"])
+            else:
+                gone += 1
+    return {"new": new, "ignored": ignored, "gone": gone}
+
+
 async def devices(request: web.Request) -> web.StreamResponse:
     daemon = daemon_of(request)
     return render(request, "devices.html", title="Devices", devices=devices_view(daemon),
                   kinds=sorted(KINDS), rotation_days=daemon.rotator.policy.period_days,
-                  own_login=daemon.rotator.own is not None)
+                  own_login=daemon.rotator.own is not None,
+                  discovered=discovered_view(daemon))
+
+
+async def homeassistant(request: web.Request) -> web.StreamResponse:
+    daemon = daemon_of(request)
+    config = daemon.config
+    return render(request, "homeassistant.html", title="Home Assistant",
+                  ha=homeassistant_view(daemon), name=config.homeassistant.name,
+                  broker_mode=config.broker.mode,
+                  no_login=None if daemon.ha_login is not None else no_ha_login(daemon),
+                  rotation_days=config.credentials.rotation_days)
 
 
 async def device(request: web.Request) -> web.StreamResponse:
@@ -297,6 +357,7 @@ PAGES: tuple[Page, ...] = (
     Page("GET", "/network", network, "page"),
     Page("GET", "/cloud", cloud, "page"),
     Page("GET", "/privacy", privacy, "page"),
+    Page("GET", "/homeassistant", homeassistant, "page"),
     Page("GET", "/enroll", enroll, "page-admin"),
     Page("GET", "/audit", audit, "page"),
     Page("GET", "/account", account, "page"),

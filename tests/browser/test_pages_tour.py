@@ -7,6 +7,7 @@ artifacts/screenshots/ for a human to judge."""
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -14,6 +15,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from gateway.sim.lab import Lab
+from gateway.store import Discovered
 from tests.browser.conftest import TIMEZONE, Shot
 from tests.browser.test_admin_browser import log_in
 from tests.web.kit import ADMIN, VIEWER, add_user, base_url
@@ -33,9 +35,27 @@ async def test_every_page_on_desktop_and_phone(gw: Lab, page: Page, shot: Shot) 
     await expect(page.locator("[data-field=online]")).to_have_text("3")
     await shot("dashboard", phone=True)
 
+    # Two things found on the network, waiting to be adopted below the device list.
+    now = time.time()
+    for key, name, kind, address, port in [
+            ("mdns:shellyplug-s-6A1F2C._shelly._tcp.local.",
+             "shellyplug-s-6A1F2C._shelly._tcp.local.", "_shelly._tcp.local.", "192.0.2.21",
+             80),
+            ("dhcp:aa:bb:cc:00:11:22", "porch-camera", "dhcp", "192.0.2.33", None)]:
+        gw.daemon.store.upsert_discovered(Discovered(
+            key=key, source=key.split(":")[0], name=name, type=kind, addresses=(address,),
+            port=port, txt={"gen": "2"} if port else {},
+            mac="aa:bb:cc:00:11:22" if port is None else None, hostname=name.split(".")[0],
+            first_seen=now - 600, last_seen=now, present=True), 500)
     await page.goto(f"{base}/devices")
     await expect(page.locator('[data-list="devices"] tr')).to_have_count(3)
+    await expect(page.locator("#discovered-new > li.found-item")).to_have_count(2)
     await shot("devices", phone=True)
+
+    await page.goto(f"{base}/homeassistant")
+    await expect(page.locator('[data-field="ha-username"]')).to_have_text("homeassistant:1")
+    await expect(page.locator('[data-field="ha-entities"]')).not_to_have_text(re.compile("^0 "))
+    await shot("homeassistant", phone=True)
 
     # Without network.uplink the firewall is off, and the Network page says so plainly.
     await page.goto(f"{base}/network")

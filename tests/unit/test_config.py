@@ -21,9 +21,11 @@ from gateway.config import (
     ConfigError,
     CredentialsConfig,
     DeviceDecl,
+    DiscoveryConfig,
     ExternalBroker,
     FirewallConfig,
     GatewayConfig,
+    HomeAssistantConfig,
     Listener,
     NetworkConfig,
     PrivacyConfig,
@@ -118,6 +120,11 @@ def test_minimal_config_gets_the_defaults() -> None:
             epsilon={c: Fraction(1, 10) for c in ("inventory", "usage", "energy", "comfort")},
             week_cap=Fraction(1), year_cap=Fraction(26), link_reports=False,
             pseudonym_epoch_days=30),
+        homeassistant=HomeAssistantConfig(enabled=True, prefix="homeassistant", broker="gateway",
+                                          external=None, name="Home Gateway",
+                                          republish_jitter_s=5),
+        discovery=DiscoveryConfig(mdns=True, dhcp=True,
+                                  dhcp_leases=Path("/var/lib/misc/dnsmasq.leases")),
         devices=(),
         source=Path("<string>"),
     )
@@ -428,8 +435,8 @@ def test_odd_keys_and_values_stay_on_one_line() -> None:
     lines = problems(f'"we\\nird\\"key" = 1\n{LISTENER}[broker]\nmode = "a\\u2028b{"x" * 100}"\n')
     assert lines == [
         '<string>:"we\\nird\\"key": unknown key '
-        "(expected one of: broker, cloud, credentials, devices, firewall, gateway, network, "
-        "privacy, schedules, telemetry, web)",
+        "(expected one of: broker, cloud, credentials, devices, discovery, firewall, gateway, "
+        "homeassistant, network, privacy, schedules, telemetry, web)",
         '<string>:broker.mode: "a\\u2028b' + "x" * 57 + '"... is not allowed '
         '(expected one of: "embedded", "external")',
     ]

@@ -125,25 +125,38 @@ def test_token_parts() -> None:
 
 def test_connection_log_charges_a_refused_login_to_the_connection_that_did_not_log_in() -> None:
     log = ConnectionLog()
-    assert log.feed("1: New connection from 10.0.0.5:4000 on port 8883.", 0) == (True, None, None)
-    assert log.feed("1: New connection from 10.0.0.9:5000 on port 8883.", 0) == (True, None, None)
+    for address in ("10.0.0.5:4000", "10.0.0.9:5000"):
+        assert log.feed(f"1: New connection from {address} on port 8883.", 0)[:3] == (
+            True, None, None)
     assert log.feed("1: New client connected from 10.0.0.5:4000 as plug-1 (p2, c1, k30, "
-                    "u'plug-1.1').", 0.1) == (True, None, ("10.0.0.5", "plug-1.1"))
-    assert log.feed("1: Client <unknown> disconnected, not authorised.", 0.2) == (
+                    "u'plug-1.1').", 0.1)[:3] == (True, None, ("10.0.0.5", "plug-1.1"))
+    assert log.feed("1: Client <unknown> disconnected, not authorised.", 0.2)[:3] == (
         True, "10.0.0.9", None)
-    assert log.feed("1: Client <unknown> disconnected, not authorised.", 0.3) == (
+    assert log.feed("1: Client <unknown> disconnected, not authorised.", 0.3)[:3] == (
         True, "unknown", None)
-    assert log.feed("1: mosquitto version 2.0.11 running", 0.4) == (False, None, None)
+    assert log.feed("1: mosquitto version 2.0.11 running", 0.4)[:3] == (False, None, None)
     # IPv6, and a connection that never sent CONNECT is forgotten after a while.
     log.feed("1: New connection from ::1:6000 on port 1883.", 1)
     log.feed("1: New connection from fd00::7:6001 on port 1883.", 1 + PENDING_S + 1)
     assert log.feed("1: Client <unknown> disconnected, not authorised.", 1 + PENDING_S + 1.5
-                    ) == (True, "fd00::7", None)
+                    )[:3] == (True, "fd00::7", None)
     # A login over IPv6 names its address and user; one without a user name names none.
     assert log.feed("1: New client connected from fd91::11:40022 as cam (p2, c1, k60, "
                     "u'cam.3').", 2).login == ("fd91::11", "cam.3")
     assert log.feed("1: New client connected from 10.0.0.5:4001 as anon (p2, c1, k60).",
                     2).login is None
+
+
+def test_connection_log_tells_when_a_client_session_begins_and_ends() -> None:
+    log = ConnectionLog()
+    assert log.feed("1: New client connected from 10.0.0.5:4000 as plug-1 (p2, c1, k30, "
+                    "u'plug-1.1').", 0).up == "plug-1"
+    for line in ("1: Client plug-1 disconnected.", "1: Client plug-1 closed its connection.",
+                 "1: Client plug-1 has exceeded timeout, disconnecting.",
+                 "1: Socket error on client plug-1, disconnecting."):
+        event = log.feed(line, 1)
+        assert (event.connection, event.down, event.up) == (True, "plug-1", None), line
+    assert log.feed("1: mosquitto version 2.0.11 running", 2).down is None
 
 
 @pytest.mark.parametrize(("error", "refused"), [

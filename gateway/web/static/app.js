@@ -137,12 +137,44 @@ const done = {
     form.querySelector(".result").append("Copy it now, it is not shown again: ",
                                          el("code", { class: "secret" }, res.data.token));
   },
+  // A new device's credential, shown once: under the form, or where data-say points
+  // (outside a section that is redrawn, as the adopted thing leaves it).
   credential(form, res) {
     const c = res.data.credential;
-    say(form, "", "ok");
-    form.querySelector(".result").append(`Added ${res.data.device.id}. MQTT user `,
+    const out = form.dataset.say ? document.getElementById(form.dataset.say) : form.querySelector(".result");
+    if (form.dataset.say) say(form, "", "");
+    clear(out);
+    out.className = "result ok";
+    out.append(`Added ${res.data.device.id}. MQTT user `,
       el("code", {}, c.username), " password ", el("code", { class: "secret" }, c.password),
       " — shown once.");
+    if (form.closest("[data-fragment]")) refreshFragments();
+  },
+  // A discovered thing ignored or taken back: said above the section, which is redrawn.
+  discovered(form, res) {
+    const out = document.getElementById("discovered-result");
+    const item = form.closest("[data-key]");
+    const name = item ? item.querySelector(".found-name strong").textContent : res.data.key;
+    out.textContent = res.data.status === "ignored" ? `Ignored ${name}.` : `${name} is back in the list.`;
+    out.className = "result ok";
+    refreshFragments();
+  },
+  // Home Assistant's password, fetched when an admin asks (the gateway audits it).
+  password(form, res) {
+    const out = document.getElementById("ha-password");
+    out.textContent = res.data.password;
+    out.hidden = false;
+    form.querySelector("button").hidden = true;
+    say(form, "", "");
+    haUsername(res.data.username);
+  },
+  harotated(form, res) {
+    const u = res.data.username;
+    say(form, "", "ok");
+    form.querySelector(".result").append("New login ", el("code", {}, u),
+      " issued: enter it and its password in Home Assistant's MQTT integration. The old login keeps working until Home Assistant logs in with the new one.");
+    haUsername(u);
+    refreshFragments();
   },
   rotated(form, res) {
     const n = res.data.started.length;
@@ -232,7 +264,7 @@ function wireForm(form) {
     }
     const method = form.dataset.method || "POST";
     let body;
-    try { body = method === "DELETE" ? undefined : collect(form); } catch (e) {
+    try { body = method === "DELETE" || method === "GET" ? undefined : collect(form); } catch (e) {
       say(form, e.message, "error");
       return;
     }
@@ -398,6 +430,14 @@ const live = {
     setField("privacy-state", privacy.label);
     tone("privacy-state", privacy.state === "on", privacy.state === "error");
     setField("privacy-detail", privacy.detail);
+    const ha = s.tiles.homeassistant;
+    setField("ha-state", ha.label);
+    tone("ha-state", ha.state === "connected", ha.state === "disconnected");
+    setField("ha-detail", ha.detail);
+    const found = s.tiles.discovery;
+    setField("disc-state", found.label);
+    document.querySelector('[data-field="disc-state"]').classList.toggle("warn", found.new > 0);
+    setField("disc-detail", found.detail);
     firewallNotice(fw.notice);
     const banner = document.getElementById("rotation-alert");
     const alerts = banner.querySelector('[data-list="cred-alerts"]');
@@ -424,6 +464,24 @@ const live = {
         el("td", { class: "nowrap", "data-seen": d.last_seen || "" }, ago(d.last_seen)),
         el("td", { class: "nowrap c-cred" }, credentialCell(d.credential))));
     }
+    // The discovered list is redrawn when something was found, left, adopted or ignored;
+    // not while an admin is filling in an Adopt form (the next snapshot tries again).
+    const shown = JSON.stringify([snap.status.discovery.found, snap.status.discovery.new,
+      snap.devices.map((d) => d.id)]);
+    if (discoveredShown !== null && shown !== discoveredShown) {
+      const active = document.activeElement;
+      if (active && active.closest("#discovered form") && active.matches("input, select")) return;
+      refreshFragments();
+    }
+    discoveredShown = shown;
+  },
+  homeassistant(snap) {
+    firewallNotice(snap.status.tiles.firewall.notice);
+    const ha = snap.status.homeassistant;
+    if (ha.login) haUsername(ha.login.username);
+    const shown = JSON.stringify(ha);
+    if (haShown !== null && shown !== haShown) refreshFragments();
+    haShown = shown;
   },
   device(snap) {
     const id = document.body.dataset.device;
@@ -485,6 +543,22 @@ const live = {
     networkShown = shown;
   },
 };
+
+let discoveredShown = null;
+let haShown = null;
+
+// Home Assistant's current login on its page; a password shown for another one is hidden.
+function haUsername(username) {
+  const node = document.querySelector('[data-field="ha-username"]');
+  if (!node || node.textContent === username) return;
+  node.textContent = username;
+  const password = document.getElementById("ha-password");
+  if (password) {
+    password.hidden = true;
+    password.textContent = "";
+    document.querySelector("#ha-reveal button").hidden = false;
+  }
+}
 
 // The live stream, closed before logging out: its end would otherwise reload the page
 // and race the logout's own navigation to the login page.
@@ -662,6 +736,11 @@ async function refreshFragments() {
     const fresh = doc.getElementById(old.id);
     if (!fresh || fresh.dataset.fragment === undefined) continue;
     const node = document.importNode(fresh, true);
+    // A disclosure the user opened stays open.
+    for (const details of old.querySelectorAll("details[id][open]")) {
+      const again = node.querySelector(`#${CSS.escape(details.id)}`);
+      if (again) again.open = true;
+    }
     old.replaceWith(node);
     for (const form of node.querySelectorAll("form[data-api]")) wireForm(form);
   }
