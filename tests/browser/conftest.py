@@ -12,7 +12,6 @@ Without /usr/bin/chromium the tests skip, except under CI=true, where they fail.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from playwright.async_api import (
 )
 
 from gateway.sim.lab import Lab
+from tests.needs import unavailable
 from tests.web.kit import web_lab
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,9 +51,7 @@ async def browser() -> AsyncIterator[Browser]:
     if not CHROMIUM.exists():
         message = (f"{CHROMIUM} is missing: install Debian's chromium (apt-get install "
                    "chromium); the browser tests never use a downloaded browser")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable(message)
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)

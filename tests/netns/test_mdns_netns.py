@@ -49,6 +49,8 @@ from gateway.discovery.mdns import (
     server_name,
 )
 from tests.integration.daemon_proc import REPO
+from tests.needs import unavailable
+from tests.netns.conftest import require_root
 from tests.polling import eventually
 
 pytestmark = pytest.mark.netns
@@ -170,19 +172,6 @@ while True:
             heard.append({"from": peer[0], "to": "legacy" if s is legacy else "5353", **msg})
 print(json.dumps({"sent": sent, "heard": heard}))
 """
-
-
-def require_root() -> None:
-    problem = None
-    if os.geteuid() != 0:
-        problem = "network-namespace tests need root"
-    elif shutil.which("ip") is None:
-        problem = "network-namespace tests need ip (iproute2)"
-    if problem is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{problem} (CI=true: this layer must run)", pytrace=False)
-    pytest.skip(problem)
 
 
 def run(*cmd: str, input: str | None = None, timeout: float = TIMEOUT,
@@ -519,10 +508,7 @@ def require_tools(*tools: str) -> dict[str, str]:
     found = {t: shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin") for t in tools}
     missing = [t for t, where in found.items() if where is None]
     if missing:
-        problem = f"needs {', '.join(missing)} (Debian: dnsmasq-base, udhcpc)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{problem} (CI=true: this layer must run)", pytrace=False)
-        pytest.skip(problem)
+        unavailable(f"needs {', '.join(missing)} (Debian: dnsmasq-base, udhcpc)")
     return {t: str(where) for t, where in found.items()}
 
 
