@@ -16,14 +16,19 @@ SYSTEM_PACKAGES=(
   python3-dnspython conntrack iperf3 dnsmasq-base udhcpc
   chromium fonts-dejavu-core
 )
+# Only for the tests: Debian's packaging tools build, lint and install the .deb.
+PACKAGING_PACKAGES=(
+  build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+  lintian systemd util-linux
+)
 PY=/usr/bin/python3            # Debian's Python, never a pyenv or other Python on PATH
 TEST_TOOLS=(pytest pytest-asyncio hypothesis playwright "schemathesis>=4.0" "opendp>=0.10" "jsonschema>=4")
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-setup_system() {
+setup_system() {  # setup_system PACKAGE...: install those not installed yet
   local missing=()
-  for pkg in "${SYSTEM_PACKAGES[@]}"; do
+  for pkg in "$@"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -64,19 +69,22 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
   demo)
-    setup_system
+    setup_system "${SYSTEM_PACKAGES[@]}"
     setup_python
     exec .venv/bin/home-gateway demo "$@"
     ;;
   test)
-    setup_system
+    setup_system "${SYSTEM_PACKAGES[@]}" "${PACKAGING_PACKAGES[@]}"
     setup_python
     echo "==> ruff";  .venv/bin/ruff check .
     echo "==> mypy";  .venv/bin/mypy
     echo "==> tests with PyPI libraries ($(.venv/bin/python -c 'import gateway.mqtt as m; print(m.LIBRARY)'))"
-    .venv/bin/python -m pytest -q "$@"
+    .venv/bin/python -m pytest -q --ignore=tests/package "$@"
     echo "==> tests with Debian's libraries ($(.venv-debian/bin/python -c 'import gateway.mqtt as m; print(m.LIBRARY)'))"
-    .venv-debian/bin/python -m pytest -q "$@"
+    .venv-debian/bin/python -m pytest -q --ignore=tests/package "$@"
+    # Once: the .deb is built, installed with apt, run, upgraded and purged on this machine.
+    echo "==> the Debian package"
+    .venv/bin/python -m pytest -q tests/package
     ;;
   *)
     echo "usage: ./dev.sh demo|test [options]" >&2

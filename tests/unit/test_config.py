@@ -187,10 +187,12 @@ def test_shipped_config_loads_with_safe_defaults() -> None:
     shipped = load_config(path)
     defaults = parse_config(LISTENER)
     assert shipped.source == path
-    assert shipped.gateway == defaults.gateway
-    assert shipped.broker == defaults.broker
-    assert shipped.broker.listeners == (Listener("127.0.0.1", 1883, False),)
-    assert shipped.web == WebConfig(listen=(), tls="auto")
+    assert shipped.gateway == dataclasses.replace(defaults.gateway,
+                                                  runtime_dir=Path("/run/home-gateway"))
+    # Not 1883: Debian's stock mosquitto.service has 127.0.0.1:1883.
+    assert shipped.broker == dataclasses.replace(
+        defaults.broker, listeners=(Listener("127.0.0.1", 1884, False),))
+    assert shipped.web == WebConfig(listen=("127.0.0.1:8080",), tls="auto")
     assert shipped.telemetry == defaults.telemetry
     assert shipped.privacy == defaults.privacy  # no consent lives in the config file
     assert shipped.devices == ()
@@ -199,13 +201,14 @@ def test_shipped_config_loads_with_safe_defaults() -> None:
 def test_shipped_config_examples_are_valid() -> None:
     """Uncommenting the examples gives a valid config (external mode needs the table)."""
     text = (REPO / "config" / "gateway.toml").read_text(encoding="utf-8")
-    text = text.replace("\n# runtime_dir", "\nruntime_dir")
-    text = text.replace("\nlisten = []\n# listen =", "\nlisten =")
+    shipped, example = '\nlisten = ["127.0.0.1:8080"] ', '\n# listen = ["127.0.0.1:8080", '
+    assert shipped in text and example in text
+    text = text.replace(shipped, "\n# shipped: ").replace(example, example.replace("# ", ""))
     example_devices = text[text.index("# [[devices]]") :]
     text += "\n" + "\n".join(line.removeprefix("# ") for line in example_devices.splitlines())
     config = parse_config(text)
     assert config.gateway.runtime_dir == Path("/run/home-gateway")
-    assert config.web.listen == ("127.0.0.1:8080",)
+    assert config.web.listen == ("127.0.0.1:8080", "192.168.1.2:8443")
     assert [d.id for d in config.devices] == ["living-room-thermostat"]
 
 

@@ -1,0 +1,264 @@
+"""The Debian package on this machine: build it, install and purge it with apt, and start
+the installed daemon the way its systemd unit says. Used by the package tests and by
+bench/package.py.
+
+systemd is not PID 1 here, so `Machine.start_gateway` does what the unit asks of systemd:
+the unit's ExecStart as its User= with its AmbientCapabilities= (and nothing else),
+NoNewPrivileges, MemoryDenyWriteExecute, its StateDirectory/RuntimeDirectory with their
+modes, its UMask, and a NOTIFY_SOCKET of the caller's. (Not emulated: the system-call
+filter and the read-only file system views.) Every process is ended by its PID and the
+package purged in `Machine.close`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = "home-gateway"
+USER = "_home-gateway"
+UNIT = "home-gateway.service"
+UNIT_DIR = Path("/lib/systemd/system")
+CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # Debian's Python builds it, not pyenv's
+TOOLS = ("dpkg-buildpackage", "lintian", "apt-get", "systemd-analyze", "setpriv", "nft")
+CONFIG = Path("/etc/home-gateway/gateway.toml")
+STATE = Path("/var/lib/home-gateway")
+RUNTIME = Path("/run/home-gateway")
+BROKER_PORT, ADMIN_URL = 1884, "http://127.0.0.1:8080/"  # the shipped config's
+
+
+# MemoryDenyWriteExecute=yes as the kernel does it for systemd (PR_SET_MDWE, Linux 6.3+,
+# inherited by Mosquitto): no memory mapping may become writable and executable.
+MDWE = ["/usr/bin/python3", "-c", "import ctypes, os, sys\n"
+        "if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0):\n"
+        "    sys.exit('PR_SET_MDWE: ' + os.strerror(ctypes.get_errno()))\n"
+        "os.execv(sys.argv[1], sys.argv[1:])"]
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+def run(*cmd: str, check: bool = True, timeout: float = 300, cwd: Path | str = "/"
+        ) -> subprocess.CompletedProcess[str]:
+    """A command with a clean environment; CommandFailed (with its output) on failure."""
+    env = {"PATH": CLEAN_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8",
+           "DEBIAN_FRONTEND": "noninteractive"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=cwd, check=False)
+    if check and done.returncode != 0:
+        raise CommandFailed(f"{shlex.join(cmd)} exited {done.returncode}:\n"
+                            f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done
+
+
+def missing_tools() -> list[str]:
+    return [t for t in TOOLS if shutil.which(t, path=CLEAN_PATH) is None]
+
+
+def installed() -> bool:
+    done = run("dpkg-query", "-W", "-f", "${Status}", PACKAGE, check=False)
+    return done.stdout.strip() == "install ok installed"
+
+
+def known_to_dpkg() -> bool:
+    """Installed, or removed with its config files left."""
+    return run("dpkg-query", "-W", PACKAGE, check=False).returncode == 0
+
+
+# -- building ------------------------------------------------------------------------------
+
+
+def source_tree(target: Path) -> Path:
+    """This checkout's files (tracked and new, not ignored) copied to `target`."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, files):
+        source = REPO / name.decode()
+        if source.is_symlink() or source.is_file():
+            dest = target / name.decode()
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest, follow_symlinks=False)
+    return target
+
+
+def changelog_version(tree: Path) -> str:
+    return run("dpkg-parsechangelog", "-S", "Version", cwd=tree).stdout.strip()
+
+
+def make_older(tree: Path) -> str:
+    """Put an older version on top of the tree's changelog ("~" sorts before anything)."""
+    version = changelog_version(tree) + "~prev1"
+    changelog = tree / "debian" / "changelog"
+    entry = (f"{PACKAGE} ({version}) unstable; urgency=medium\n\n  * The build an upgrade "
+             "starts from (package tests).\n\n -- Home Gateway developers "
+             "<dev@home-gateway.invalid>  Tue, 01 Dec 2026 12:00:00 +0000\n\n")
+    changelog.write_text(entry + changelog.read_text())
+    return version
+
+
+def build(tree: Path) -> Path:
+    """dpkg-buildpackage -us -uc -b; the .deb (beside the tree)."""
+    run("dpkg-buildpackage", "-us", "-uc", "-b", cwd=tree, timeout=600)
+    (deb,) = tree.parent.glob(f"{PACKAGE}_{changelog_version(tree)}_all.deb")
+    return deb
+
+
+@dataclass(frozen=True)
+class Builds:
+    current: Path  # the .deb of this tree
+    previous: Path  # the same tree as an older version, to upgrade from
+    changes: Path  # the current build's .changes, for lintian
+    version: str  # of the current build
+
+
+def build_both(root: Path) -> Builds:
+    current = source_tree(root / "current" / PACKAGE)
+    previous = source_tree(root / "previous" / PACKAGE)
+    make_older(previous)
+    deb = build(current)
+    (changes,) = deb.parent.glob(f"{PACKAGE}_*.changes")
+    return Builds(deb, build(previous), changes, changelog_version(current))
+
+
+# -- running what is installed ------------------------------------------------------------------
+
+
+def unit_value(text: str, key: str) -> list[str]:
+    """Every value of `key=` in a unit file's text."""
+    return [line.split("=", 1)[1].strip() for line in text.splitlines()
+            if line.startswith(f"{key}=")]
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def mosquittos_of(user: str) -> list[int]:
+    """Live mosquitto processes running as `user`."""
+    try:
+        uid = str(pwd.getpwnam(user).pw_uid)
+    except KeyError:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            status = proc_status(int(entry.name))
+            if (status.get("Name") == "mosquitto" and status["Uid"].split()[0] == uid
+                    and not status["State"].startswith("Z")):
+                found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class Running:
+    """A process started here, ended by its PID."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+
+@dataclass
+class Machine:
+    """What was put on this machine, so that `close` can take it all back."""
+
+    work: Path  # a short folder (AF_UNIX paths are short), mode 0755
+    processes: list[Running] = field(default_factory=list)
+
+    def install(self, deb: Path) -> subprocess.CompletedProcess[str]:
+        return run("apt-get", "install", "-y", "--no-install-recommends", str(deb),
+                   timeout=900)
+
+    def start_stock_mosquitto(self) -> Running:
+        """Debian's mosquitto.service as its unit file says (ExecStartPre, ExecStart)."""
+        text = (UNIT_DIR / "mosquitto.service").read_text()
+        for line in unit_value(text, "ExecStartPre"):
+            run(*shlex.split(line))
+        (start,) = unit_value(text, "ExecStart")
+        return self._spawn("mosquitto.service", shlex.split(start), {"PATH": CLEAN_PATH})
+
+    def start_gateway(self, notify_socket: Path, exec_start: list[str] | None = None
+                      ) -> Running:
+        """The installed unit's ExecStart (or `exec_start` in its place) as the unit runs it."""
+        unit = (UNIT_DIR / UNIT).read_text()
+        (user,) = unit_value(unit, "User")
+        (caps,) = unit_value(unit, "AmbientCapabilities")
+        (umask,) = unit_value(unit, "UMask")
+        for directory, key in ((STATE, "StateDirectoryMode"), (RUNTIME, "RuntimeDirectoryMode")):
+            directory.mkdir(exist_ok=True)
+            shutil.chown(directory, user, user)
+            directory.chmod(int(unit_value(unit, key)[0], 8))
+        command = exec_start or shlex.split(unit_value(unit, "ExecStart")[0])
+        if unit_value(unit, "MemoryDenyWriteExecute") == ["yes"]:
+            command = [*MDWE, *command]
+        cap = caps.lower().removeprefix("cap_")
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+                f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
+                f"--bounding-set=-all,+{cap}", "--no-new-privs", "--",
+                "sh", "-c", f'umask {umask} && exec "$@"', "sh", *command]
+        env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "NOTIFY_SOCKET": str(notify_socket),
+               "WATCHDOG_USEC": "30000000", "STATE_DIRECTORY": str(STATE),
+               "RUNTIME_DIRECTORY": str(RUNTIME), "CONFIGURATION_DIRECTORY": str(CONFIG.parent)}
+        return self._spawn(UNIT, argv, env)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Running:
+        log = self.work / f"{name}.{len(self.processes)}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, cwd="/")
+        running = Running(name, popen, log)
+        self.processes.append(running)
+        return running
+
+    def close(self) -> None:
+        """End every process started here, purge the package and drop its nft table."""
+        for process in reversed(self.processes):
+            process.stop(signal.SIGKILL if process.name == UNIT else signal.SIGTERM)
+        for pid in mosquittos_of(USER):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if known_to_dpkg():
+            run("apt-get", "purge", "-y", PACKAGE, check=False, timeout=600)
+        run("nft", "delete", "table", "inet", "home_gateway", check=False)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed `home-gateway` command, as root."""
+    return run("/usr/bin/home-gateway", *args, timeout=60)
+
+
+def add_device(device_id: str, kind: str = "plug") -> tuple[str, str]:
+    """`home-gateway device add`: the device's broker username and password."""
+    out = cli("device", "add", device_id, "--kind", kind).stdout
+    username = re.search(r"^username:\s*(\S+)", out, re.M)
+    password = re.search(r"^password:\s*(\S+)", out, re.M)
+    if not (username and password):
+        raise CommandFailed(f"no credential in:\n{out}")
+    return username[1], password[1]
