@@ -18,9 +18,9 @@ turn about. The package is purged at the end. Needs root.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from tests.package.harness import (
     build_both,
     installed,
     run,
+    short_workdir,
 )
 
 ROUNDS = 5
@@ -85,10 +86,10 @@ def measure_sync(workdir: Path, quick: bool) -> list[Figure]:
                            "and purges it, so it leaves an existing install alone")
     builds = build_both(workdir / "deb")
     venv_size = venv_bytes(workdir)
-    with tempfile.TemporaryDirectory(prefix="hg-bench-") as short:
-        machine = Machine(Path(short))
-        Path(short).chmod(0o755)
-        notify = NotifySocket(Path(short) / "notify")
+    short = short_workdir()
+    machine = Machine(short)
+    try:
+        notify = NotifySocket(short / "notify")
         notify.path.chmod(0o777)
         try:
             machine.install(builds.current)
@@ -105,6 +106,8 @@ def measure_sync(workdir: Path, quick: bool) -> list[Figure]:
         finally:
             notify.close()
             machine.close()
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
     ready = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
     rss = {k: statistics.median(r[1] for r in v) for k, v in results.items()}
     n = len(results["deb"])

@@ -4,9 +4,10 @@ bench/package.py.
 
 systemd is not PID 1 here, so `Machine.start_gateway` does what the unit asks of systemd:
 the unit's ExecStart as its User= with its AmbientCapabilities= (and nothing else),
-NoNewPrivileges, MemoryDenyWriteExecute, its StateDirectory/RuntimeDirectory with their
-modes, its UMask, and a NOTIFY_SOCKET of the caller's. (Not emulated: the system-call
-filter and the read-only file system views.) Every process is ended by its PID and the
+NoNewPrivileges, MemoryDenyWriteExecute, ProtectSystem=strict with PrivateTmp and
+ProtectHome, its StateDirectory/RuntimeDirectory with their modes, its UMask, and a
+NOTIFY_SOCKET of the caller's. (Not emulated: the system-call filter and the other
+Protect* settings.) Every process is ended by its PID and the
 package purged in `Machine.close`.
 """
 
@@ -20,6 +21,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,38 @@ MDWE = ["/usr/bin/python3", "-c", "import ctypes, os, sys\n"
         "if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0):\n"
         "    sys.exit('PR_SET_MDWE: ' + os.strerror(ctypes.get_errno()))\n"
         "os.execv(sys.argv[1], sys.argv[1:])"]
+
+
+# ProtectSystem=strict, PrivateTmp and ProtectHome, as systemd builds them: in a mount
+# namespace of its own, the state and runtime directories stay writable, every other mount
+# but /dev, /proc and /sys becomes read-only, /tmp and /var/tmp are empty and private, the
+# home directories are hidden. Then `argv` runs (as root still: setpriv drops to the user).
+SANDBOX = r"""
+import os, subprocess, sys
+writable, argv = sys.argv[1].split(":"), sys.argv[2:]
+def mount(*args):
+    subprocess.run(["mount", *args], check=True)
+for path in writable:
+    mount("--bind", path, path)
+for line in open("/proc/self/mountinfo"):
+    target = line.split()[4].replace("\\040", " ")
+    if target not in writable and target.split("/")[1] not in ("dev", "proc", "sys"):
+        mount("-o", "remount,bind,ro", target)
+for path in ("/tmp", "/var/tmp"):
+    mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", path)
+for path in ("/root", "/home", "/run/user"):
+    if os.path.isdir(path):
+        mount("-t", "tmpfs", "-o", "ro,mode=0755", "tmpfs", path)
+os.execvp(argv[0], argv)
+"""
+
+
+def short_workdir() -> Path:
+    """A fresh folder for notify sockets and logs: short (AF_UNIX paths are), readable by
+    the service user, and outside /tmp, which the unit's PrivateTmp hides."""
+    work = Path(tempfile.mkdtemp(prefix="hg-pkg-", dir="/run"))
+    work.chmod(0o755)
+    return work
 
 
 class CommandFailed(RuntimeError):
@@ -189,7 +223,7 @@ class Running:
 class Machine:
     """What was put on this machine, so that `close` can take it all back."""
 
-    work: Path  # a short folder (AF_UNIX paths are short), mode 0755
+    work: Path  # from short_workdir()
     processes: list[Running] = field(default_factory=list)
 
     def install(self, deb: Path) -> subprocess.CompletedProcess[str]:
@@ -223,6 +257,9 @@ class Machine:
                 f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
                 f"--bounding-set=-all,+{cap}", "--no-new-privs", "--",
                 "sh", "-c", f'umask {umask} && exec "$@"', "sh", *command]
+        if unit_value(unit, "ProtectSystem") == ["strict"]:
+            argv = ["unshare", "--mount", "--propagation", "private", "--",
+                    "/usr/bin/python3", "-c", SANDBOX, f"{STATE}:{RUNTIME}", *argv]
         env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "NOTIFY_SOCKET": str(notify_socket),
                "WATCHDOG_USEC": "30000000", "STATE_DIRECTORY": str(STATE),
                "RUNTIME_DIRECTORY": str(RUNTIME), "CONFIGURATION_DIRECTORY": str(CONFIG.parent)}

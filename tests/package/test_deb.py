@@ -20,7 +20,6 @@ import os
 import pwd
 import re
 import shutil
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -52,6 +51,7 @@ from tests.package.harness import (
     mosquittos_of,
     proc_status,
     run,
+    short_workdir,
 )
 
 pytestmark = pytest.mark.package
@@ -117,8 +117,7 @@ def machine(builds: Builds) -> Iterator[Machine]:
     if installed():
         pytest.fail(f"{PACKAGE} is already installed here: the package test installs and "
                     "purges it, so it leaves an existing install alone", pytrace=False)
-    work = Path(tempfile.mkdtemp(prefix="hg-pkg-"))
-    work.chmod(0o755)  # the service user sends to the notify socket inside
+    work = short_workdir()
     machine = Machine(work)
     try:
         yield machine
@@ -194,6 +193,9 @@ def test_install_run_upgrade_and_purge(builds: Builds, machine: Machine) -> None
         assert status["Uid"].split()[0] == str(user.pw_uid), status["Uid"]
         assert int(status["CapEff"], 16) == CAP_NET_ADMIN, status["CapEff"]
         assert status["NoNewPrivs"] == "1"
+        mountinfo = Path(f"/proc/{gateway.pid}/mountinfo").read_text().splitlines()
+        mounts = [line.split() for line in mountinfo]
+        assert {m[4]: m[5].split(",")[0] for m in mounts}["/"] == "ro"  # ProtectSystem=strict
         brokers = mosquittos_of(USER)
         assert brokers, "the embedded Mosquitto does not run as the service user"
         assert stock.popen.poll() is None  # both brokers run
