@@ -19,7 +19,7 @@ SYSTEM_PACKAGES=(
 # Only for the tests: Debian's packaging tools build, lint and install the .deb.
 PACKAGING_PACKAGES=(
   build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
-  lintian systemd util-linux
+  lintian systemd util-linux python3-seccomp
 )
 PY=/usr/bin/python3            # Debian's Python, never a pyenv or other Python on PATH
 TEST_TOOLS=(pytest pytest-asyncio hypothesis playwright "schemathesis>=4.0" "opendp>=0.10" "jsonschema>=4")

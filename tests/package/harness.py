@@ -4,10 +4,10 @@ bench/package.py.
 
 systemd is not PID 1 here, so `Machine.start_gateway` does what the unit asks of systemd:
 the unit's ExecStart as its User= with its AmbientCapabilities= (and nothing else),
-NoNewPrivileges, MemoryDenyWriteExecute, ProtectSystem=strict with PrivateTmp and
-ProtectHome, its StateDirectory/RuntimeDirectory with their modes, its UMask, and a
-NOTIFY_SOCKET of the caller's. (Not emulated: the system-call filter and the other
-Protect* settings.) Every process is ended by its PID and the
+NoNewPrivileges, MemoryDenyWriteExecute, SystemCallFilter, ProtectSystem=strict with
+PrivateTmp and ProtectHome, its StateDirectory/RuntimeDirectory with their modes, its
+UMask, and a NOTIFY_SOCKET of the caller's. (Not emulated: the other Protect* settings,
+RestrictAddressFamilies and the rest of the sandbox.) Every process is ended by its PID and the
 package purged in `Machine.close`.
 """
 
@@ -31,19 +31,58 @@ USER = "_home-gateway"
 UNIT = "home-gateway.service"
 UNIT_DIR = Path("/lib/systemd/system")
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # Debian's Python builds it, not pyenv's
-TOOLS = ("dpkg-buildpackage", "lintian", "apt-get", "systemd-analyze", "setpriv", "nft")
+TOOLS = ("dpkg-buildpackage", "lintian", "apt-get", "systemd-analyze", "setpriv", "unshare",
+         "nft")
 CONFIG = Path("/etc/home-gateway/gateway.toml")
 STATE = Path("/var/lib/home-gateway")
 RUNTIME = Path("/run/home-gateway")
 BROKER_PORT, ADMIN_URL = 1884, "http://127.0.0.1:8080/"  # the shipped config's
 
 
-# MemoryDenyWriteExecute=yes as the kernel does it for systemd (PR_SET_MDWE, Linux 6.3+,
-# inherited by Mosquitto): no memory mapping may become writable and executable.
-MDWE = ["/usr/bin/python3", "-c", "import ctypes, os, sys\n"
-        "if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0):\n"
-        "    sys.exit('PR_SET_MDWE: ' + os.strerror(ctypes.get_errno()))\n"
-        "os.execv(sys.argv[1], sys.argv[1:])"]
+# The unit's MemoryDenyWriteExecute=yes (PR_SET_MDWE, Linux 6.3+) and SystemCallFilter=
+# (an allow list; others kill the process with SIGSYS, systemd's default), set up the way
+# systemd does just before it executes the command; both are inherited by Mosquitto.
+RESTRICT = r"""
+import ctypes, os, sys
+mdwe, syscalls, argv = sys.argv[1] == "yes", sys.argv[2], sys.argv[3:]
+if mdwe and ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0):
+    sys.exit("PR_SET_MDWE: " + os.strerror(ctypes.get_errno()))
+if syscalls:
+    import seccomp
+    allow = seccomp.SyscallFilter(defaction=seccomp.KILL_PROCESS)
+    for name in syscalls.split(","):
+        try:
+            allow.add_rule(seccomp.ALLOW, name)
+        except (RuntimeError, ValueError):
+            pass  # not a system call of this architecture
+    allow.load()
+os.execv(argv[0], argv)
+"""
+
+
+def system_calls(group: str) -> set[str]:
+    """The system calls of a systemd filter group such as @system-service, expanded."""
+    if not group.startswith("@"):
+        return {group}
+    lines = run("systemd-analyze", "syscall-filter", group).stdout.splitlines()[1:]
+    names: set[str] = set()
+    for line in (x.strip() for x in lines):
+        if line and not line.startswith("#"):
+            names |= system_calls(line)
+    return names
+
+
+def restricted(unit: str, command: list[str]) -> list[str]:
+    """`command` under the MemoryDenyWriteExecute= and SystemCallFilter= of the unit file
+    whose text is `unit`."""
+    allowed: set[str] = set()
+    for value in unit_value(unit, "SystemCallFilter"):
+        if value.startswith("~"):
+            raise CommandFailed(f"SystemCallFilter={value}: deny lists are not emulated")
+        for group in value.split():
+            allowed |= system_calls(group)
+    mdwe = "yes" if unit_value(unit, "MemoryDenyWriteExecute") == ["yes"] else "no"
+    return ["/usr/bin/python3", "-c", RESTRICT, mdwe, ",".join(sorted(allowed)), *command]
 
 
 # ProtectSystem=strict, PrivateTmp and ProtectHome, as systemd builds them: in a mount
@@ -249,9 +288,7 @@ class Machine:
             directory.mkdir(exist_ok=True)
             shutil.chown(directory, user, user)
             directory.chmod(int(unit_value(unit, key)[0], 8))
-        command = exec_start or shlex.split(unit_value(unit, "ExecStart")[0])
-        if unit_value(unit, "MemoryDenyWriteExecute") == ["yes"]:
-            command = [*MDWE, *command]
+        command = restricted(unit, exec_start or shlex.split(unit_value(unit, "ExecStart")[0]))
         cap = caps.lower().removeprefix("cap_")
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
                 f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",

@@ -20,6 +20,8 @@ import os
 import pwd
 import re
 import shutil
+import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -50,6 +52,7 @@ from tests.package.harness import (
     missing_tools,
     mosquittos_of,
     proc_status,
+    restricted,
     run,
     short_workdir,
 )
@@ -110,6 +113,25 @@ def test_the_unit_scores_ok_with_systemd_analyze(builds: Builds, tmp_path: Path)
                       "NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_NET_ADMIN\n",
                       "SystemCallFilter=@system-service"):
         assert directive in text, directive
+
+
+def test_the_emulated_sandbox_has_teeth(builds: Builds, tmp_path: Path) -> None:
+    """What the lifecycle test below runs the daemon under really refuses: chroot is not a
+    @system-service call (SIGSYS), and no memory may turn writable and executable."""
+    run("dpkg-deb", "-x", str(builds.current), str(tmp_path))
+    (unit,) = tmp_path.glob(f"**/systemd/system/{UNIT}")
+    text = unit.read_text()
+    python = ["/usr/bin/python3", "-c"]
+    fine = subprocess.run(restricted(text, [*python, "import os; os.getpid()"]), check=False)
+    assert fine.returncode == 0
+    chroot = subprocess.run(restricted(text, [*python, "import os; os.chroot('/')"]),
+                            check=False)
+    assert chroot.returncode == -signal.SIGSYS
+    wx = ("import mmap; m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | "
+          "mmap.PROT_EXEC)")
+    refused = subprocess.run(restricted(text, [*python, wx]), capture_output=True, text=True,
+                             check=False)
+    assert refused.returncode == 1 and "PermissionError" in refused.stderr, refused.stderr
 
 
 @pytest.fixture
@@ -193,6 +215,7 @@ def test_install_run_upgrade_and_purge(builds: Builds, machine: Machine) -> None
         assert status["Uid"].split()[0] == str(user.pw_uid), status["Uid"]
         assert int(status["CapEff"], 16) == CAP_NET_ADMIN, status["CapEff"]
         assert status["NoNewPrivs"] == "1"
+        assert status["Seccomp"] == "2"  # the system-call filter is on
         mountinfo = Path(f"/proc/{gateway.pid}/mountinfo").read_text().splitlines()
         mounts = [line.split() for line in mountinfo]
         assert {m[4]: m[5].split(",")[0] for m in mounts}["/"] == "ro"  # ProtectSystem=strict
