@@ -4,10 +4,10 @@ bench/package.py.
 
 systemd is not PID 1 here, so `Machine.start_gateway` does what the unit asks of systemd:
 the unit's ExecStart as its User= with its AmbientCapabilities= (and nothing else),
-NoNewPrivileges, MemoryDenyWriteExecute, SystemCallFilter, ProtectSystem=strict with
-PrivateTmp and ProtectHome, its StateDirectory/RuntimeDirectory with their modes, its
-UMask, and a NOTIFY_SOCKET of the caller's. (Not emulated: the other Protect* settings,
-RestrictAddressFamilies and the rest of the sandbox.) Every process is ended by its PID and the
+NoNewPrivileges, MemoryDenyWriteExecute, SystemCallFilter, RestrictAddressFamilies,
+ProtectSystem=strict with PrivateTmp and ProtectHome, its StateDirectory/RuntimeDirectory
+with their modes, its UMask, and a NOTIFY_SOCKET of the caller's. (Not emulated: the other
+Protect* settings and the rest of the sandbox.) Every process is ended by its PID and the
 package purged in `Machine.close`.
 """
 
@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -39,18 +40,28 @@ RUNTIME = Path("/run/home-gateway")
 BROKER_PORT, ADMIN_URL = 1884, "http://127.0.0.1:8080/"  # the shipped config's
 
 
-# The unit's MemoryDenyWriteExecute=yes (PR_SET_MDWE, Linux 6.3+) and SystemCallFilter=
-# (an allow list; others kill the process with SIGSYS, systemd's default), set up the way
-# systemd does just before it executes the command; both are inherited by Mosquitto.
+# The unit's MemoryDenyWriteExecute=yes (PR_SET_MDWE, Linux 6.3+), SystemCallFilter= (an
+# allow list; other calls kill the process with SIGSYS, systemd's default) and
+# RestrictAddressFamilies= (socket() of another family fails with EAFNOSUPPORT), set up the
+# way systemd does just before it executes the command; all inherited by Mosquitto.
 RESTRICT = r"""
-import ctypes, os, sys
-mdwe, syscalls, argv = sys.argv[1] == "yes", sys.argv[2], sys.argv[3:]
+import ctypes, errno, os, sys
+mdwe, syscalls, families, argv = sys.argv[1] == "yes", sys.argv[2], sys.argv[3], sys.argv[4:]
 if mdwe and ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0):
     sys.exit("PR_SET_MDWE: " + os.strerror(ctypes.get_errno()))
 if syscalls:
     import seccomp
     allow = seccomp.SyscallFilter(defaction=seccomp.KILL_PROCESS)
-    for name in syscalls.split(","):
+    names = set(syscalls.split(","))
+    if families:  # socket() only for these; the others fail as under systemd
+        names.discard("socket")
+        permitted = {int(f) for f in families.split(",")}
+        refuse = seccomp.ERRNO(errno.EAFNOSUPPORT)
+        for family in range(64):
+            rule = seccomp.ALLOW if family in permitted else refuse
+            allow.add_rule(rule, "socket", seccomp.Arg(0, seccomp.EQ, family))
+        allow.add_rule(refuse, "socket", seccomp.Arg(0, seccomp.GE, 64))
+    for name in names:
         try:
             allow.add_rule(seccomp.ALLOW, name)
         except (RuntimeError, ValueError):
@@ -73,8 +84,8 @@ def system_calls(group: str) -> set[str]:
 
 
 def restricted(unit: str, command: list[str]) -> list[str]:
-    """`command` under the MemoryDenyWriteExecute= and SystemCallFilter= of the unit file
-    whose text is `unit`."""
+    """`command` under the MemoryDenyWriteExecute=, SystemCallFilter= and
+    RestrictAddressFamilies= (an allow list) of the unit file whose text is `unit`."""
     allowed: set[str] = set()
     for value in unit_value(unit, "SystemCallFilter"):
         if value.startswith("~"):
@@ -82,7 +93,10 @@ def restricted(unit: str, command: list[str]) -> list[str]:
         for group in value.split():
             allowed |= system_calls(group)
     mdwe = "yes" if unit_value(unit, "MemoryDenyWriteExecute") == ["yes"] else "no"
-    return ["/usr/bin/python3", "-c", RESTRICT, mdwe, ",".join(sorted(allowed)), *command]
+    families = [str(int(socket.AddressFamily[name])) for value in
+                unit_value(unit, "RestrictAddressFamilies") for name in value.split()]
+    return ["/usr/bin/python3", "-c", RESTRICT, mdwe, ",".join(sorted(allowed)),
+            ",".join(families), *command]
 
 
 # ProtectSystem=strict, PrivateTmp and ProtectHome, as systemd builds them: in a mount

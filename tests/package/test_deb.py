@@ -117,7 +117,8 @@ def test_the_unit_scores_ok_with_systemd_analyze(builds: Builds, tmp_path: Path)
 
 def test_the_emulated_sandbox_has_teeth(builds: Builds, tmp_path: Path) -> None:
     """What the lifecycle test below runs the daemon under really refuses: chroot is not a
-    @system-service call (SIGSYS), and no memory may turn writable and executable."""
+    @system-service call (SIGSYS), no memory may turn writable and executable, and no
+    packet socket may be opened (RestrictAddressFamilies), even by root."""
     run("dpkg-deb", "-x", str(builds.current), str(tmp_path))
     (unit,) = tmp_path.glob(f"**/systemd/system/{UNIT}")
     text = unit.read_text()
@@ -132,6 +133,10 @@ def test_the_emulated_sandbox_has_teeth(builds: Builds, tmp_path: Path) -> None:
     refused = subprocess.run(restricted(text, [*python, wx]), capture_output=True, text=True,
                              check=False)
     assert refused.returncode == 1 and "PermissionError" in refused.stderr, refused.stderr
+    packet = "import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)"  # root may
+    refused = subprocess.run(restricted(text, [*python, packet]), capture_output=True,
+                             text=True, check=False)
+    assert "Address family not supported" in refused.stderr, refused.stderr
 
 
 @pytest.fixture
