@@ -291,9 +291,10 @@ class Machine:
         (start,) = unit_value(text, "ExecStart")
         return self._spawn("mosquitto.service", shlex.split(start), {"PATH": CLEAN_PATH})
 
-    def start_gateway(self, notify_socket: Path, exec_start: list[str] | None = None
-                      ) -> Running:
-        """The installed unit's ExecStart (or `exec_start` in its place) as the unit runs it."""
+    def start_gateway(self, notify_socket: Path, exec_start: list[str] | None = None,
+                      netns: str | None = None) -> Running:
+        """The installed unit's ExecStart (or `exec_start` in its place) as the unit runs it,
+        in the network namespace `netns` when given."""
         unit = (UNIT_DIR / UNIT).read_text()
         (user,) = unit_value(unit, "User")
         (caps,) = unit_value(unit, "AmbientCapabilities")
@@ -311,6 +312,8 @@ class Machine:
         if unit_value(unit, "ProtectSystem") == ["strict"]:
             argv = ["unshare", "--mount", "--propagation", "private", "--",
                     "/usr/bin/python3", "-c", SANDBOX, f"{STATE}:{RUNTIME}", *argv]
+        if netns is not None:
+            argv = ["ip", "netns", "exec", netns, *argv]
         env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "NOTIFY_SOCKET": str(notify_socket),
                "WATCHDOG_USEC": "30000000", "STATE_DIRECTORY": str(STATE),
                "RUNTIME_DIRECTORY": str(RUNTIME), "CONFIGURATION_DIRECTORY": str(CONFIG.parent)}

@@ -19,6 +19,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -261,6 +262,30 @@ def test_install_run_upgrade_and_purge(builds: Builds, machine: Machine) -> None
         assert "DEBUG" in gateway.log.read_text()  # the kept config is the one in use
         credential_works("pkg-plug", username, password)
         assert gateway.stop() == 0
+
+        # -- its one capability at work: the firewall, in a namespace of its own --------------
+        netns = f"hg-pkg-{secrets.token_hex(3)}"
+        run("ip", "netns", "add", netns)
+        try:
+            run("ip", "-n", netns, "link", "set", "lo", "up")
+            for link, address in (("wan0", "198.51.100.2/24"), ("iot0", "192.168.50.1/24")):
+                run("ip", "-n", netns, "link", "add", link, "type", "veth", "peer", "name",
+                    f"{link}p")
+                run("ip", "-n", netns, "addr", "add", address, "dev", link)
+                run("ip", "-n", netns, "link", "set", link, "up")
+            CONFIG.write_text(edited.replace("\n[network]\n", '\n[network]\nuplink = "wan0"\n'
+                                             'iot = "iot0"\niot_subnets = ["192.168.50.0/24"]\n'))
+            gateway = machine.start_gateway(notify.path, netns=netns)
+            wait_ready(gateway, notify)
+            status = json.loads(cli("firewall", "status", "--json").stdout)
+            assert (status["mode"], status["healthy"]) == ("enforce", True), status
+            table = run("ip", "netns", "exec", netns, "nft", "list", "table", "inet",
+                        "home_gateway").stdout
+            assert "iot0" in table and "wan0" in table, table[:2000]
+            assert gateway.stop() == 0
+        finally:
+            run("ip", "netns", "del", netns, check=False)
+            CONFIG.write_text(edited)
     finally:
         notify.close()
     stock.stop()
