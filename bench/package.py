@@ -7,9 +7,10 @@ systemd unit says (tests/package/harness.py): first the installed ExecStart, the
 venv's `home-gateway` in its place, same user, capabilities, config and state, turn and
 turn about. The package is purged at the end. Needs root.
 
-- installed size: the package's own files plus the Debian Python libraries it depends on
-  (dpkg's Installed-Size) vs the project and its PyPI dependencies installed into a fresh
-  venv (`pip install .`; pip and setuptools not counted).
+- installed size: the package's own files plus every Debian Python library beneath it
+  (dpkg's Installed-Size; shared C libraries such as libssl3 not counted) vs the project
+  and its PyPI dependencies installed into a fresh venv (`pip install .`; pip and
+  setuptools not counted; wheels bundle their C libraries).
 - start -> READY: exec until the READY=1 datagram, median of a few warm starts (the
   state, keys and broker files exist already, as at every boot after the first).
 - RSS: the daemon's own (not Mosquitto's), right after READY.
@@ -45,12 +46,29 @@ def tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def python_depends(package: str) -> set[str]:
+    """The python3-* packages `package` depends on, directly or not (the interpreter and its
+    standard library not counted: the venv has them from outside too)."""
+    found: set[str] = set()
+    todo = [package]
+    while todo:
+        depends = run("dpkg-query", "-W", "-f", "${Depends},${Pre-Depends}", todo.pop()).stdout
+        for alternatives in depends.split(","):
+            for name in (a.split()[0].split(":")[0] for a in alternatives.split("|")
+                         if a.strip()):
+                if (name.startswith("python3-") and name not in found
+                        and name not in ("python3-minimal", "python3-distutils")
+                        and run("dpkg-query", "-W", name, check=False).returncode == 0):
+                    found.add(name)
+                    todo.append(name)
+    return found
+
+
 def package_bytes() -> int:
-    """Installed-Size (KiB) of the package and of the python3-* packages it depends on."""
-    depends = run("dpkg-query", "-W", "-f", "${Depends}", PACKAGE).stdout
-    names = [PACKAGE] + [d.split()[0].split(":")[0] for d in depends.split(",")
-                         if d.strip().startswith("python3-")]
+    """dpkg's Installed-Size (KiB) of the package and of the Python libraries beneath it."""
+    names = [PACKAGE, *sorted(python_depends(PACKAGE))]
     sizes = run("dpkg-query", "-W", "-f", "${Installed-Size}\n", *names).stdout.split()
+    progress(f"package: {len(names)} packages: {' '.join(names)}")
     return sum(int(s) for s in sizes) * 1024
 
 
