@@ -236,7 +236,9 @@ def _parse_value(field: _Field, where: str, text: str) -> int:
 
 def next_run(when: When, after: float, tz: ZoneInfo) -> float:
     """The first time strictly after `after` at which `when` fires, as POSIX seconds."""
-    start = _local(after, tz)
+    # Whole seconds, rounded down: datetime rounds to the nearest microsecond, which could
+    # carry `after` past a time it must not skip (the end of a spring-forward gap).
+    start = _local(math.floor(after) if math.isfinite(after) else after, tz)
     hours, minutes = sorted(when.hours), sorted(when.minutes)
     for day in _matching_days(when, start.date()):
         today = day == start.date()
