@@ -49,6 +49,7 @@ from gateway.mqtt import Endpoint, MqttSession, Will
 from gateway.privacy.service import PrivacyService
 from gateway.store import Store
 from gateway.systemd import Notifier
+from gateway.updates import UpdateService
 from gateway.web.accounts import Accounts, AuthError
 from gateway.web.app import WebServer
 
@@ -207,6 +208,7 @@ class Daemon:
                 lambda device_id, leaf, ts, values: self.homeassistant.mirror_state(
                     device_id, dict(self.devices.state(device_id), ts=round(ts, 3))))
         self.discovery = DiscoveryService(config, self.store, self.devices)
+        self.updates = UpdateService()
         self.refused_logins: dict[str, int] = {}  # by address, not yet audited
         self.refused_total = 0
         self.rates = MessageRate(lambda: self.devices.counters.accepted)
@@ -282,6 +284,7 @@ class Daemon:
             "privacy": self.privacy.status(),
             "homeassistant": self.homeassistant_status(),
             "discovery": self.discovery.status(),
+            "updates": self.updates.status(),
             "web": {"urls": list(self.web.urls),
                     "setup_pending": bool(self.web.urls) and self.accounts.needs_setup()},
             "messages": {"accepted": c.accepted, "rejected": c.rejected, "unknown": c.unknown,
@@ -324,6 +327,7 @@ class Daemon:
         await self.privacy.start()
         await self.homeassistant.start()
         await self.discovery.start()
+        await self.updates.start()
         for listener in plaintext_listeners(self.config):
             log.warning("broker: %s:%d is a plain-text listener: device credentials cross "
                         "the network readable (legacy devices only)", listener.address,
@@ -349,6 +353,7 @@ class Daemon:
         await cancel_and_wait(*self._tasks, *self._background)
         await self.web.stop()
         await self.control.stop()
+        await self.updates.stop()
         await self.discovery.stop()
         await self.homeassistant.stop()
         await self.privacy.stop()

@@ -246,6 +246,7 @@ def status_view(daemon: Daemon) -> dict[str, Any]:
         "privacy": privacy_tile(status["privacy"]),
         "homeassistant": homeassistant_tile(status["homeassistant"]),
         "discovery": discovery_tile(status["discovery"]),
+        "updates": updates_tile(status["updates"]),
     }
     return status
 
@@ -332,6 +333,40 @@ def discovery_tile(discovery: dict[str, Any]) -> dict[str, Any]:
     new, found = discovery["new"], discovery["found"]
     return {"state": "new" if new else "ok", "label": f"{new} new" if new else "Nothing new",
             "detail": f"{found} found on the network", "new": new}
+
+
+TILE_UPGRADES = 6  # the rest are counted; GET /api/v1/updates lists them all
+
+
+def upgrade_text(upgrade: dict[str, Any]) -> str:
+    """One upgrade as the tile lists it: "libssl3 3.0.11-1~deb12u1 → 3.0.13-1~deb12u2
+    (security)"; a package not installed yet shows "new" as its version."""
+    text = f"{upgrade['package']} {upgrade['installed'] or 'new'} → {upgrade['candidate']}"
+    return text + (" (security)" if upgrade["security"] else "")
+
+
+def updates_tile(updates: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's "Updates": whether apt has upgrades for the gateway's package or the
+    packages it needs (security ones counted), as of the last check."""
+    state, pending, security = updates["state"], updates["pending"], updates["security"]
+    if state == "current":
+        label = "Up to date"
+        detail = f"{updates['package']} {updates['installed']} and what it needs"
+    elif state == "pending":
+        label = f"{len(pending)} pending ({security} security)"
+        shown = [upgrade_text(u) for u in pending[:TILE_UPGRADES]]
+        if len(pending) > TILE_UPGRADES:
+            shown.append(f"{len(pending) - TILE_UPGRADES} more")
+        detail = ", ".join(shown)
+    elif state == "not-packaged":
+        label, detail = "Not packaged", "Not installed from a Debian package"
+    else:
+        label, detail = "Unknown", str(updates["error"] or "not checked yet")
+    checked = updates["checked_at"]
+    if checked is not None and state in ("current", "pending"):
+        detail += f" · checked {age_text(time.time() - checked)} ago"
+    return {"state": state, "label": label, "detail": detail, "pending": len(pending),
+            "security": security}
 
 
 def credentials_tile(credentials: dict[str, Any]) -> dict[str, Any]:
@@ -950,7 +985,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                                  status["cloud"]["state"],
                                  status["cloud"]["spool"]["messages"],
                                  status["tiles"]["privacy"], status["homeassistant"],
-                                 status["discovery"]["found"], status["discovery"]["new"]])
+                                 status["discovery"]["found"], status["discovery"]["new"],
+                                 status["updates"]])
             now = time.monotonic()
             if change != last_change or now - last_sent >= REFRESH_S:
                 snapshot = json.dumps({"status": status, "devices": devices, "audit": audit})
@@ -1222,6 +1258,10 @@ async def delete_user(request: web.Request) -> web.StreamResponse:
     return reply({"deleted": request.match_info["username"]})
 
 
+async def get_updates(request: web.Request) -> web.StreamResponse:
+    return reply(daemon_of(request).updates.status())
+
+
 async def openapi_document(request: web.Request) -> web.StreamResponse:
     return reply(document(ROUTES))
 
@@ -1331,6 +1371,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{P}/discovered/ignore", ignore_discovered, "admin",
           "Ignore a discovered thing (it leaves the list of new ones), or take it back",
           body=IGNORE, response="DiscoveredIgnored", errors=(404, 409)),
+    Route("GET", f"{P}/updates", get_updates, "read",
+          "Upgrades apt would install for the gateway's package and the packages it needs "
+          "(as of the last check: at start, hourly and after apt changed something), "
+          "security ones marked", response="Updates"),
     Route("POST", f"{P}/credentials/rotate-all", rotate_all, "admin",
           "Start rotating every device's credential now (with the embedded broker, after "
           "the gateway's own login)", response="Started", status=202),

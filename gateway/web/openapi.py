@@ -105,6 +105,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "privacy": _ref("Privacy"),
         "homeassistant": _ref("HomeAssistantStatus"),
         "discovery": _ref("DiscoveryStatus"),
+        "updates": _ref("Updates"),
         "tiles": {"type": "object", "additionalProperties": ANY_OBJ},
     }),
     "HomeAssistantStatus": _obj(HA_STATUS, {"login": HA_LOGIN}),
@@ -127,6 +128,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "dhcp": {**ANY_OBJ, "description": "the DHCP lease watcher"},
         "found": {**INT, "description": "sightings kept"},
         "new": {**INT, "description": "present and neither adopted nor ignored"}}),
+    "Updates": _obj({
+        "state": _enum(("current", "pending", "not-packaged", "unknown"),
+                       "not-packaged: the home-gateway package is not installed (a source "
+                       "or venv install); unknown: not checked yet, or the check failed "
+                       "(see error)"),
+        "package": {**STR, "description": "the gateway's Debian package"},
+        "installed": {**STR_OR_NULL, "description": "its installed version"},
+        "checked_at": {**TS_OR_NULL, "description": "the last check (null: none yet)"},
+        "checking": {**BOOL, "description": "a check is running"},
+        "error": {**STR_OR_NULL, "description": "why the state is unknown"},
+        "pending": {"type": "array", "description": "upgrades of the package and of the "
+                    "packages it needs (Depends, Pre-Depends, transitively), in apt's order",
+                    "items": _obj({
+                        "package": {**STR, "description": '"name", or "name:arch" for '
+                                                         "another architecture"},
+                        "installed": {**STR_OR_NULL, "description": "null: a new package"},
+                        "candidate": {**STR, "description": "the version apt would install"},
+                        "origin": {**STR, "description": 'where it comes from, as apt says: '
+                                                        '"Debian-Security:12/stable-security"'},
+                        "security": {**BOOL, "description": "from a security archive"}})},
+        "security": {**INT, "description": "how many of them are security updates"},
+    }),
     "Discovered": _obj({
         "key": {**STR, "description": '"mdns:<instance name>" or "dhcp:<mac>"'},
         "source": _enum(("mdns", "dhcp")),

@@ -32,8 +32,10 @@ USER = "_home-gateway"
 UNIT = "home-gateway.service"
 UNIT_DIR = Path("/lib/systemd/system")
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # Debian's Python builds it, not pyenv's
-TOOLS = ("dpkg-buildpackage", "lintian", "apt-get", "systemd-analyze", "setpriv", "unshare",
-         "nft")
+TOOLS = ("dpkg-buildpackage", "dpkg-scanpackages", "lintian", "apt-get", "systemd-analyze",
+         "setpriv", "unshare", "nft")
+SOURCES = Path("/etc/apt/sources.list.d")
+LISTS = Path("/var/lib/apt/lists")
 CONFIG = Path("/etc/home-gateway/gateway.toml")
 STATE = Path("/var/lib/home-gateway")
 RUNTIME = Path("/run/home-gateway")
@@ -283,6 +285,22 @@ class Machine:
         return run("apt-get", "install", "-y", "--no-install-recommends", str(deb),
                    timeout=900)
 
+    def offer(self, deb: Path) -> None:
+        """Make `deb` an upgrade apt knows of: a local repository holding it, in apt's
+        sources, its list fetched (only that list: the machine's others stay as they are)."""
+        repo = self.work / "repo"
+        repo.mkdir(exist_ok=True)
+        shutil.copy(deb, repo)
+        packages = run("dpkg-scanpackages", "--multiversion", ".", cwd=repo).stdout
+        (repo / "Packages").write_text(packages)
+        source = self.source_file()
+        source.write_text(f"deb [trusted=yes] file:{repo} ./\n")
+        run("apt-get", "update", "-o", f"Dir::Etc::SourceList={source}", "-o",
+            "Dir::Etc::SourceParts=-", "-o", "APT::Get::List-Cleanup=0")
+
+    def source_file(self) -> Path:
+        return SOURCES / f"{self.work.name}.list"
+
     def start_stock_mosquitto(self) -> Running:
         """Debian's mosquitto.service as its unit file says (ExecStartPre, ExecStart)."""
         text = (UNIT_DIR / "mosquitto.service").read_text()
@@ -329,7 +347,8 @@ class Machine:
         return running
 
     def close(self) -> None:
-        """End every process started here, purge the package and drop its nft table."""
+        """End every process started here, purge the package, drop its nft table and the
+        local repository's apt source."""
         for process in reversed(self.processes):
             process.stop(signal.SIGKILL if process.name == UNIT else signal.SIGTERM)
         for pid in mosquittos_of(USER):
@@ -338,6 +357,9 @@ class Machine:
         if known_to_dpkg():
             run("apt-get", "purge", "-y", PACKAGE, check=False, timeout=600)
         run("nft", "delete", "table", "inet", "home_gateway", check=False)
+        self.source_file().unlink(missing_ok=True)
+        for path in LISTS.glob(f"*{self.work.name.replace('_', '%5f')}*"):  # apt's quoting
+            path.unlink()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

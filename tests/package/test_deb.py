@@ -27,6 +27,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,7 @@ from tests.package.harness import (
 pytestmark = pytest.mark.package
 
 READY_TIMEOUT_S = 60.0
+UPDATES_TIMEOUT_S = 120.0
 EXPOSURE_LIMIT = 2.5  # systemd-analyze security: "OK" and better
 CAP_NET_ADMIN = 1 << 12
 # What the daemon imports from Debian's packages (never pip): module -> package prefix.
@@ -172,6 +174,18 @@ def credential_works(device_id: str, username: str, password: str) -> None:
     assert mqtt_connect(wrong, device_id) is not None  # refused
 
 
+def checked_updates() -> dict[str, Any]:
+    """The running daemon's pending-upgrades check, once it has checked (it runs
+    `apt-get -s dist-upgrade` at start, in the background)."""
+    deadline = time.monotonic() + UPDATES_TIMEOUT_S
+    while True:
+        updates: dict[str, Any] = json.loads(cli("status").stdout)["updates"]
+        if updates["checked_at"] is not None and not updates["checking"]:
+            return updates
+        assert time.monotonic() < deadline, f"no pending-upgrades check: {updates}"
+        time.sleep(0.5)
+
+
 def library_files() -> dict[str, str]:
     """Module -> the file Debian's Python imports it from (the MQTT client whichever
     generation the release has)."""
@@ -205,6 +219,9 @@ def test_install_run_upgrade_and_purge(builds: Builds, machine: Machine) -> None
     run("systemd-analyze", "verify", str(UNIT_DIR / UNIT))
     assert cli("check-config").returncode == 0
     listed = set(run("dpkg", "-L", PACKAGE).stdout.split())
+
+    # -- the current build is in a repository apt knows: an upgrade is pending -------------
+    machine.offer(builds.current)
 
     # -- Debian's own mosquitto.service runs beside it ----------------------------------
     stock = machine.start_stock_mosquitto()
@@ -243,6 +260,11 @@ def test_install_run_upgrade_and_purge(builds: Builds, machine: Machine) -> None
         username, password = add_device("pkg-plug")
         credential_works("pkg-plug", username, password)
         assert "pkg-plug" in cli("device", "list").stdout
+        # the unprivileged daemon read apt's state: the gateway's own upgrade is pending
+        updates = checked_updates()
+        assert updates["state"] == "pending" and updates["installed"] != builds.version
+        assert (PACKAGE, builds.version) in {(u["package"], u["candidate"])
+                                             for u in updates["pending"]}, updates
         assert gateway.stop() == 0
         notify.collect(0.5)
         assert any(d.fields.get("STOPPING") == "1" for d in notify.received)
@@ -261,6 +283,9 @@ def test_install_run_upgrade_and_purge(builds: Builds, machine: Machine) -> None
         wait_ready(gateway, notify)
         assert "DEBUG" in gateway.log.read_text()  # the kept config is the one in use
         credential_works("pkg-plug", username, password)
+        updates = checked_updates()  # no longer pending (Debian's own may be)
+        assert updates["installed"] == builds.version
+        assert PACKAGE not in {u["package"] for u in updates["pending"]}, updates
         assert gateway.stop() == 0
 
         # -- its one capability at work: the firewall, in a namespace of its own --------------

@@ -438,6 +438,12 @@ const live = {
     setField("disc-state", found.label);
     document.querySelector('[data-field="disc-state"]').classList.toggle("warn", found.new > 0);
     setField("disc-detail", found.detail);
+    const updates = s.tiles.updates;
+    setField("upd-state", updates.label);
+    tone("upd-state", updates.state === "current", updates.security > 0);
+    const waiting = updates.state === "pending" || updates.state === "unknown";
+    document.querySelector('[data-field="upd-state"]').classList.toggle("warn", waiting && !updates.security);
+    setField("upd-detail", updates.detail);
     firewallNotice(fw.notice);
     const banner = document.getElementById("rotation-alert");
     const alerts = banner.querySelector('[data-list="cred-alerts"]');
