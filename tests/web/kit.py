@@ -35,12 +35,17 @@ mode = "render-only"
 
 
 @asynccontextmanager
-async def web_lab(state_dir: Path, extra: str = "") -> AsyncIterator[Lab]:
-    """A running gateway whose admin page listens on a free loopback port."""
+async def web_lab(state_dir: Path, extra: str = "", users: bool = False
+                  ) -> AsyncIterator[Lab]:
+    """A running gateway whose admin page listens on a free loopback port; with `users`,
+    ADMIN has an admin account and VIEWER a viewer's."""
     port = free_port()
     lab = await start_lab(state_dir, extra_config=f'\n[web]\nlisten = ["127.0.0.1:{port}"]\n'
                                                    + extra)
     try:
+        if users:
+            add_user(lab, *ADMIN)
+            add_user(lab, *VIEWER, role="viewer")
         yield lab
     finally:
         await lab.stop()

@@ -61,9 +61,7 @@ class Relay:
 
 @pytest.fixture
 async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    async with web_lab(tmp_path / "state", extra=signers_config()) as lab:
-        add_user(lab, *ADMIN)
-        add_user(lab, *VIEWER, role="viewer")
+    async with web_lab(tmp_path / "state", extra=signers_config(), users=True) as lab:
         plug, thermostat = await lab.add_devices([("plug-1", "plug"), ("therm-1", "thermostat")],
                                                  interval_s=1.0)
         yield Relay(lab, plug, thermostat)

@@ -42,9 +42,7 @@ SECRET_WORDS = re.compile(r'"(password|secret|hash|salt)"')
 
 @pytest.fixture
 async def web(tmp_path: Path) -> AsyncIterator[Lab]:
-    async with web_lab(tmp_path / "state") as lab:
-        add_user(lab, *ADMIN)
-        add_user(lab, *VIEWER, role="viewer")
+    async with web_lab(tmp_path / "state", users=True) as lab:
         yield lab
 
 

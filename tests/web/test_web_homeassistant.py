@@ -44,9 +44,7 @@ EVIL_KEY = "mdns:<script>alert(1)</script>._http._tcp.local."
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     # With IoT subnets (192.0.2.0/24, 2001:db8:1::/64), so an adopted thing keeps the
     # addresses it has there; the firewall only renders.
-    async with web_lab(tmp_path / "state", extra=RENDER_ONLY_FIREWALL) as lab:
-        add_user(lab, *ADMIN)
-        add_user(lab, *VIEWER, role="viewer")
+    async with web_lab(tmp_path / "state", extra=RENDER_ONLY_FIREWALL, users=True) as lab:
         yield lab
 
 

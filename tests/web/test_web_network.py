@@ -63,9 +63,7 @@ async def net(tmp_path: Path) -> AsyncIterator[Lab]:
     profiles.mkdir()
     (profiles / "vendorcam.toml").write_text(VENDOR_CAM)
     extra = RENDER_ONLY_FIREWALL + f'profiles_dir = "{profiles}"\n' + DECLARED
-    async with web_lab(tmp_path / "state", extra=extra) as lab:
-        add_user(lab, *ADMIN)
-        add_user(lab, *VIEWER, role="viewer")
+    async with web_lab(tmp_path / "state", extra=extra, users=True) as lab:
         devices = lab.daemon.devices
         await devices.add("cam-1", "camera", source="test", ip="192.0.2.10", actor="test")
         await devices.add("plug-1", "plug", source="test", ip="192.0.2.11", actor="test")

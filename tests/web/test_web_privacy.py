@@ -19,16 +19,14 @@ from gateway.privacy.reports import CATEGORIES, WeekData
 from gateway.sim.lab import Lab
 from gateway.web.accounts import Principal
 from gateway.web.api import privacy_tile
-from tests.web.kit import ADMIN, VIEWER, Browser, add_user, browser, web_lab
+from tests.web.kit import ADMIN, VIEWER, Browser, browser, web_lab
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
-    async with web_lab(tmp_path / "state") as lab:
-        add_user(lab, *ADMIN)
-        add_user(lab, *VIEWER, role="viewer")
+    async with web_lab(tmp_path / "state", users=True) as lab:
         yield lab
 
 

@@ -25,9 +25,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def web(tmp_path: Path):
-    async with web_lab(tmp_path / "state") as lab:
-        add_user(lab, *ADMIN)
-        add_user(lab, *VIEWER, role="viewer")
+    async with web_lab(tmp_path / "state", users=True) as lab:
         await lab.add_devices([("sec-plug-1", "plug")], interval_s=0.5)
         yield lab
 

@@ -19,7 +19,7 @@ import pytest
 from gateway.sim.lab import Lab
 from gateway.updates import STATUS_FILE, Check, Upgrade, installed_packages
 from gateway.web.api import updates_tile
-from tests.web.kit import ADMIN, VIEWER, Browser, add_user, browser, poll, web_lab
+from tests.web.kit import ADMIN, VIEWER, Browser, browser, poll, web_lab
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +30,7 @@ GATEWAY = Upgrade("home-gateway", "0.1.0-1", "0.2.0-1", "Debian:12.5/stable", Fa
 
 @pytest.fixture
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
-    async with web_lab(tmp_path / "state") as lab:
-        add_user(lab, *ADMIN)
-        add_user(lab, *VIEWER, role="viewer")
+    async with web_lab(tmp_path / "state", users=True) as lab:
         yield lab
 
 
