@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Figure, percentile, progress, running
+from gateway import __version__
 from gateway.devices.topics import device_topic
+from gateway.homeassistant.discovery import DeviceInfo, device_entities
 from gateway.mqtt import Message, MqttSession
 from gateway.sim.lab import start_lab
 
@@ -96,16 +98,19 @@ async def measure(workdir: Path, quick: bool) -> list[Figure]:
                 if i >= warmup:
                     set_ms.append((t1 - t0) * 1000)
                     direct_ms.append((t3 - t2) * 1000)
+            bridge = lab.daemon.homeassistant
             for n in range(adoptions):
                 device_id = f"bench-new-{n}"
-                before = set(lab.daemon.homeassistant.entities())
+                # Its configs, known before it exists: the watch is set before it is added.
+                wanted = device_entities(
+                    bridge.config.prefix, bridge.gateway_id,
+                    DeviceInfo(device_id, device_id, "thermostat", None, None, None),
+                    __version__)
+                futures = [ha_watch.expect(e.topic, lambda p: bool(p)) for e in wanted]
                 await asyncio.sleep(0.05)
                 t0 = time.perf_counter()
                 await lab.daemon.devices.add(device_id, "thermostat", source="bench",
                                              actor="bench")
-                wanted = [t for t, (owner, _) in lab.daemon.homeassistant.entities().items()
-                          if owner == device_id and t not in before]
-                futures = [ha_watch.expect(t, lambda p: bool(p)) for t in wanted]
                 await lab.daemon.devices.issue_credential(device_id, "bench")
                 done = await asyncio.wait_for(asyncio.gather(*futures), TIMEOUT_S)
                 adopt_ms.append((max(done) - t0) * 1000)
