@@ -32,6 +32,7 @@ from gateway.mqtt import Endpoint, MqttSession
 from gateway.privacy.reports import CATEGORIES, WeekData, validate, week_of
 from gateway.privacy.service import PrivacyService
 from gateway.sim.lab import Lab, free_port, start_lab
+from gateway.store import Discovered
 from tests.polling import eventually
 
 pytestmark = pytest.mark.integration
@@ -149,6 +150,17 @@ async def _plant_canaries(lab: Lab, sessions: list[MqttSession]) -> None:
     from gateway.web import auth
 
     lab.daemon.store.add_user(CANARIES["user name"], "admin", auth.hash_password("x" * 20))
+    # What discovery records from the network: a DHCP lease and an mDNS service.
+    now = time.time()
+    for source, name, kind, port, txt in (
+            ("dhcp", CANARIES["host name"], "dhcp", None, {}),
+            ("mdns", f"{CANARIES['device name']}._hap._tcp.local.", "_hap._tcp.local.", 80,
+             {"id": CANARIES["serial"], "ssid": CANARIES["ssid"]})):
+        lab.daemon.store.upsert_discovered(Discovered(
+            key=f"{source}:{name}", source=source, name=name, type=kind,
+            addresses=(CANARIES["ipv4"], CANARIES["ipv6"]), port=port, txt=txt,
+            mac=CANARIES["mac"], hostname=CANARIES["host name"], first_seen=now,
+            last_seen=now, present=True), 500)
 
 
 @pytest.fixture
