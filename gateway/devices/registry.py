@@ -18,7 +18,16 @@ MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 
 
 class DeviceError(ValueError):
-    pass
+    """A device request that cannot be done; str() says why (bad input unless a subclass
+    says otherwise)."""
+
+
+class DeviceConflict(DeviceError):
+    """It clashes with what exists: a device with that id, a sighting adopted already."""
+
+
+class DeviceUnknown(DeviceError):
+    """What it names does not exist (any more)."""
 
 
 def normalize_mac(mac: str) -> str:
@@ -61,7 +70,7 @@ class Registry:
         existing = self.store.device(id)
         if existing is not None and existing.status != "removed" and not (
                 source == "config" == existing.source):
-            raise DeviceError(f"device {id!r} already exists (added by {existing.source}); "
+            raise DeviceConflict(f"device {id!r} already exists (added by {existing.source}); "
                               "`home-gateway device credential` issues a new credential")
         device = self.store.add_device(
             id, name or id, kind, status="adopted", source=source,
@@ -75,7 +84,7 @@ class Registry:
         Only the hash is stored; the secret is returned once and never kept."""
         device = self.store.device(id)
         if device is None or device.status == "removed":
-            raise DeviceError(f"no device {id!r}")
+            raise DeviceUnknown(f"no device {id!r}")
         secret = new_secret()
         username = self.store.replace_credential(id, hash_password(secret))
         self.store.audit(actor, "credential.issue", "ok", target=id, detail=f"user={username}")
@@ -85,7 +94,7 @@ class Registry:
         """Mark `id` removed and drop its credentials; return the usernames dropped."""
         device = self.store.device(id)
         if device is None or device.status == "removed":
-            raise DeviceError(f"no device {id!r}")
+            raise DeviceUnknown(f"no device {id!r}")
         usernames = [c.username for c in self.store.credentials(id)]
         self.store.delete_credentials(id)
         self.store.set_device_status(id, "removed")

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gateway.config import Config, is_loopback, split_listen
-from gateway.devices.registry import DeviceError
+from gateway.devices.registry import DeviceConflict, DeviceUnknown
 from gateway.devices.service import DeviceService
 from gateway.discovery.dhcp import Lease, LeaseWatcher
 from gateway.discovery.mdns import Advert, Found, MdnsService
@@ -152,7 +152,7 @@ class DiscoveryService:
     def _item(self, key: str) -> Discovered:
         found = self.store.discovered(key)
         if not found:
-            raise DeviceError(f"nothing discovered as {key!r}")
+            raise DeviceUnknown(f"nothing discovered as {key!r}")
         return found[0]
 
     async def adopt(self, key: str, device_id: str, kind: str, name: str | None,
@@ -161,10 +161,10 @@ class DiscoveryService:
         credential: (device, username, secret)."""
         item = self._item(key)
         if item.status == "adopted":
-            raise DeviceError(f"{key!r} was already adopted as {item.device_id}")
+            raise DeviceConflict(f"{key!r} was already adopted as {item.device_id}")
         known = matches(item, self.devices.devices())
         if known is not None:
-            raise DeviceError(f"{key!r} is already the device {known} (same MAC or address)")
+            raise DeviceConflict(f"{key!r} is already the device {known} (same MAC or address)")
         ips = [a for a in item.addresses if _in(a, self.config.network.iot_subnets)]
         device = await self.devices.add(device_id, kind, name=name, source="discovery",
                                         mac=item.mac, ip=" ".join(ips) or None, actor=actor)
@@ -177,7 +177,7 @@ class DiscoveryService:
     def ignore(self, key: str, actor: str, ignored: bool = True) -> None:
         item = self._item(key)
         if item.status == "adopted":
-            raise DeviceError(f"{key!r} was adopted as {item.device_id}; remove the device")
+            raise DeviceConflict(f"{key!r} was adopted as {item.device_id}; remove the device")
         self.store.set_discovered_status(key, "ignored" if ignored else "new", None)
         self.store.audit(actor, "discovery.ignore" if ignored else "discovery.unignore", "ok",
                          target=key)

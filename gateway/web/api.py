@@ -31,7 +31,7 @@ from gateway.credentials.pki import ensure_ca
 from gateway.credentials.rotation import RotationRefused, next_rotation_at
 from gateway.devices.enrollment import EnrollmentError, qr_payload
 from gateway.devices.kinds import KINDS
-from gateway.devices.registry import DeviceError
+from gateway.devices.registry import DeviceConflict, DeviceError, DeviceUnknown
 from gateway.devices.service import CommandRejected, CommandTimeout, DeviceOffline
 from gateway.firewall.inventory import Inventory, device_profile
 from gateway.firewall.manager import Firewall, PolicyError
@@ -519,6 +519,13 @@ def cloud_view(daemon: Daemon, limit: int) -> dict[str, Any]:
     }
 
 
+def device_error(exc: DeviceError) -> HttpError:
+    """409 for a clash with what exists, 404 for what does not exist, else 400."""
+    status = (409 if isinstance(exc, DeviceConflict) else
+              404 if isinstance(exc, DeviceUnknown) else 400)
+    return HttpError(status, str(exc))
+
+
 def device_or_404(request: web.Request) -> Device:
     device_id = request.match_info["id"]
     device = daemon_of(request).devices.device(device_id)
@@ -573,7 +580,7 @@ async def add_device(request: web.Request) -> web.StreamResponse:
                                           ip=data.get("ip"), actor=who.actor)
         username, secret = await daemon.devices.issue_credential(device.id, who.actor)
     except DeviceError as exc:
-        raise HttpError(409 if "exists" in str(exc) else 400, str(exc)) from None
+        raise device_error(exc) from None
     device = daemon.devices.device(device.id) or device  # with its credential
     return reply({"device": device_view(daemon, device),
                   "credential": {"username": username, "password": secret}}, 201)
@@ -587,8 +594,8 @@ async def remove_device(request: web.Request) -> web.StreamResponse:
     device = device_or_404(request)
     try:
         await daemon_of(request).devices.remove(device.id, principal_of(request).actor)
-    except DeviceError as exc:
-        raise HttpError(409, str(exc)) from None
+    except DeviceError as exc:  # removed meanwhile
+        raise device_error(exc) from None
     return reply({"removed": device.id})
 
 
@@ -1073,15 +1080,6 @@ def discovered_or_404(daemon: Daemon, key: str) -> Discovered:
     return found[0]
 
 
-def discovery_error(exc: DeviceError) -> HttpError:
-    message = str(exc)
-    if message.startswith("nothing discovered"):
-        return HttpError(404, message)
-    if "exists" in message or "already" in message or "adopted" in message:
-        return HttpError(409, message)
-    return HttpError(400, message)
-
-
 async def adopt_discovered(request: web.Request) -> web.StreamResponse:
     data = await body_of(request, ADOPT)
     daemon, who = daemon_of(request), principal_of(request)
@@ -1092,7 +1090,7 @@ async def adopt_discovered(request: web.Request) -> web.StreamResponse:
         device, username, secret = await daemon.discovery.adopt(
             item.key, data["id"], data["kind"], data.get("name"), who.actor)
     except DeviceError as exc:
-        raise discovery_error(exc) from None
+        raise device_error(exc) from None
     device = daemon.devices.device(device.id) or device  # with its credential
     return reply({"device": device_view(daemon, device),
                   "credential": {"username": username, "password": secret}}, 201)
@@ -1108,7 +1106,7 @@ async def ignore_discovered(request: web.Request) -> web.StreamResponse:
     try:
         daemon.discovery.ignore(item.key, who.actor, data["ignored"])
     except DeviceError as exc:
-        raise discovery_error(exc) from None
+        raise device_error(exc) from None
     return reply({"key": item.key, "status": "ignored" if data["ignored"] else "new"})
 
 
