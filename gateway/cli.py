@@ -705,6 +705,10 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as exc:  # the daemon refused
         print(f"home-gateway: {exc}", file=sys.stderr)
         return 1
+    except PermissionError as exc:  # the control socket and state belong to the service
+        print(f"home-gateway: {exc.filename or exc}: permission denied (run it as root, "
+              "e.g. with sudo)", file=sys.stderr)
+        return 4  # LSB: user had insufficient privilege
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ def request(path: Path, op: str, timeout: float = 30.0, **args: Any) -> Any:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ConnectionError(f"no running gateway at {path}") from exc
+        except PermissionError as exc:  # connect() does not name the socket
+            raise PermissionError(exc.errno, exc.strerror, str(path)) from None
         sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):

@@ -260,6 +260,12 @@ def test_install_run_upgrade_and_purge(builds: Builds, machine: Machine) -> None
         username, password = add_device("pkg-plug")
         credential_works("pkg-plug", username, password)
         assert "pkg-plug" in cli("device", "list").stdout
+        # anyone else is told plainly (the control socket is the service user's)
+        done = run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                   "/usr/bin/home-gateway", "status", check=False)
+        assert done.returncode == 4, done
+        assert done.stderr.strip() == (f"home-gateway: {RUNTIME}/control.sock: permission "
+                                       "denied (run it as root, e.g. with sudo)"), done.stderr
         # the unprivileged daemon read apt's state: the gateway's own upgrade is pending
         updates = checked_updates()
         assert updates["state"] == "pending" and updates["installed"] != builds.version
