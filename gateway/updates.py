@@ -39,6 +39,7 @@ SIMULATE = ("-s", "-o", "Debug::NoLocking=1", "dist-upgrade")
 INTERVAL_S = 3600.0
 POLL_S = 60.0
 TIMEOUT_S = 300.0  # building apt's cache in memory takes a Raspberry Pi a while
+NICE = 10  # apt-get runs this much nicer than the daemon (seconds of CPU on a Pi)
 ERROR_CHARS = 300
 
 
@@ -320,6 +321,8 @@ class UpdateService:
             raise AptError(f"{self.apt_get[0]} not found: is apt installed?") from None
         except OSError as exc:
             raise AptError(f"cannot run {self.apt_get[0]}: {exc.strerror or exc}") from None
+        with contextlib.suppress(OSError):  # a background chore: devices come first
+            os.setpriority(os.PRIO_PROCESS, proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + NICE)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
         except TimeoutError:

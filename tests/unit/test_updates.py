@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.updates import (
+    NICE,
     Check,
     UpdateService,
     Upgrade,
@@ -563,14 +564,16 @@ async def test_one_check_at_a_time_and_a_crash_is_contained(
         tmp_path: Path, apt_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = tmp_path / "runs.log"
     fake = tmp_path / "fake-apt-get"
-    fake.write_text(f"import time\nopen({str(log)!r}, 'a').write('start\\n')\n"
+    fake.write_text(f"import os, time\nopen({str(log)!r}, 'a').write('start\\n')\n"
                     f"time.sleep(0.3)\nopen({str(log)!r}, 'a').write('end\\n')\n"
+                    f"open({str(tmp_path / 'nice')!r}, 'w').write(str(os.nice(0)))\n"
                     "print('Inst libfoo1 [1.0-1] (1.0-1+deb12u1 Debian-Security:12/"
                     "stable-security [amd64])')\n")
     updates = UpdateService(apt_get=(sys.executable, str(fake)),
                             status_file=apt_tree / "dpkg/status")
     results = await asyncio.gather(*(updates.check() for _ in range(3)))
     assert log.read_text() == "start\nend\n" * 3  # one after the other, never beside
+    assert int((tmp_path / "nice").read_text()) >= os.nice(0) + NICE  # a background chore
     assert [r.state for r in results] == ["pending"] * 3
     assert updates.status()["security"] == 1
 
