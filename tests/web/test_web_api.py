@@ -118,15 +118,17 @@ async def test_totp_enrol_login_replay_and_recovery_codes(web: Lab) -> None:
         status, data, _ = await b.call("POST", "/api/v1/account/totp/confirm",
                                        {"secret": begun["secret"], "code": "000000"})
         assert status == 400
+        confirmed = totp.now()
         status, data, _ = await b.call("POST", "/api/v1/account/totp/confirm",
-                                       {"secret": begun["secret"], "code": totp.now()})
+                                       {"secret": begun["secret"], "code": confirmed})
         assert status == 200 and len(data["recovery_codes"]) == 10
         recovery = data["recovery_codes"]
     async with browser(web) as b:
         status, data = await b.login(*ADMIN)
         assert status == 401 and data["second_factor"] is True
-        # the code used to confirm is spent: the same time step never works twice
-        status, data = await b.login(*ADMIN, code=totp.now())
+        # the code used to confirm is spent: the same time step never works twice (the very
+        # code: totp.now() again would be the next step's once a 30 s step has ended)
+        status, data = await b.login(*ADMIN, code=confirmed)
         assert status == 401 and data["error"] == "wrong or already used code"
         status, data = await b.login(*ADMIN, code=recovery[0])
         assert status == 201
