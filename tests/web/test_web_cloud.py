@@ -360,8 +360,11 @@ async def test_the_relays_view(relay: Relay) -> None:
         for i in range(3):
             assert (await post(relay.base, signed(params={"on": i % 2 == 0})))[0] == 200
         await post(relay.base, signed(STRANGER_KEY, "stranger"))
-        status, view, _ = await b.call("GET", "/api/v1/cloud?limit=2")
-        assert status == 200 and len(view["commands"]) == 2
+        # The plug's state (its shadow's reported side) follows its command result.
+        view = await poll(b, "/api/v1/cloud?limit=2", lambda v: any(
+            sh["device"] == "plug-1" and sh["reported"] == {"on": True}
+            for sh in v["shadows"]), "the plug's reported state after the last command")
+        assert len(view["commands"]) == 2
         newest = view["commands"][0]
         assert {k: newest[k] for k in ("source", "actor", "device", "action", "outcome",
                                        "reason")} == {
