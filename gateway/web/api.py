@@ -581,7 +581,14 @@ async def add_device(request: web.Request) -> web.StreamResponse:
         username, secret = await daemon.devices.issue_credential(device.id, who.actor)
     except DeviceError as exc:
         raise device_error(exc) from None
-    device = daemon.devices.device(device.id) or device  # with its credential
+    return device_added(daemon, device, username, secret)
+
+
+def device_added(daemon: Daemon, device: Device, username: str, secret: str
+                 ) -> web.StreamResponse:
+    """201 with the new device (as it is now, with its credential) and its login, shown
+    this once."""
+    device = daemon.devices.device(device.id) or device
     return reply({"device": device_view(daemon, device),
                   "credential": {"username": username, "password": secret}}, 201)
 
@@ -1091,9 +1098,7 @@ async def adopt_discovered(request: web.Request) -> web.StreamResponse:
             item.key, data["id"], data["kind"], data.get("name"), who.actor)
     except DeviceError as exc:
         raise device_error(exc) from None
-    device = daemon.devices.device(device.id) or device  # with its credential
-    return reply({"device": device_view(daemon, device),
-                  "credential": {"username": username, "password": secret}}, 201)
+    return device_added(daemon, device, username, secret)
 
 
 async def ignore_discovered(request: web.Request) -> web.StreamResponse:
