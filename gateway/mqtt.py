@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import random
 import re
@@ -32,8 +33,20 @@ except ImportError:  # bookworm's python3-asyncio-mqtt 0.16
 
     GENERATION = 0
 
+
+def _version(module: Any) -> str:
+    """The module's version. Debian's builds get one of two places wrong: trixie's aiomqtt
+    hard-codes `__version__ = "0.0.0"` (its package metadata is right), bookworm's
+    asyncio_mqtt has metadata of 0.0.0 (its `__version__` is right)."""
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        found = importlib.metadata.version(module.__name__)
+        if found != "0.0.0":
+            return found
+    return str(getattr(module, "__version__", ""))
+
+
 # Which client generation this interpreter uses, e.g. "aiomqtt 2.5.1" (status, benchmarks).
-LIBRARY = f"{_lib.__name__} {getattr(_lib, '__version__', '')}".strip()
+LIBRARY = f"{_lib.__name__} {_version(_lib)}".strip()
 
 log = logging.getLogger(__name__)
 
