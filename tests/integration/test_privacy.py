@@ -21,6 +21,8 @@ import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +198,13 @@ class FakeClock:
 
     def next_week(self) -> None:
         self.offset += 7 * 86400
+
+    def midweek(self) -> None:
+        """On to Wednesday noon (UTC) of the next week: a week on from there and a day
+        more stay in one week in any zone (seven days on from a Sunday and one more do not)."""
+        now = datetime.fromtimestamp(self(), UTC)
+        monday = datetime.combine(now.date() - timedelta(days=now.weekday()), dt_time(), UTC)
+        self.offset += (monday + timedelta(days=9, hours=12)).timestamp() - self()
 
 
 def take_over_the_clock(lab: Lab, consents: tuple[str, ...] = ()
@@ -414,7 +423,11 @@ async def test_the_ledger_stops_the_export_with_a_clear_message(tmp_path: Path) 
 async def test_withdrawing_consent_purges_queued_reports_before_the_export(
         tmp_path: Path) -> None:
     async with canary_lab(tmp_path, privacy_config(window_s=86400)) as (lab, sessions):
-        privacy, clock = take_over_the_clock(lab, ("usage", "inventory"))
+        privacy, clock = take_over_the_clock(lab)
+        clock.midweek()  # the export a day after the release must not close another week
+        assert privacy.close_week() == []  # nothing consented yet, nothing released
+        for category in ("usage", "inventory"):
+            privacy.set_consent(category, True, "alice")
         await send_canary_week(lab, sessions)
         clock.next_week()
         assert len(privacy.close_week()) == 2
