@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "home-gateway"
 USER = "_home-gateway"
 UNIT = "home-gateway.service"
-UNIT_DIR = Path("/lib/systemd/system")
+UNIT_DIR = Path("/usr/lib/systemd/system")  # DEP17: not /lib
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # Debian's Python builds it, not pyenv's
 TOOLS = ("dpkg-buildpackage", "dpkg-scanpackages", "lintian", "apt-get", "systemd-analyze",
          "setpriv", "unshare", "nft")
@@ -167,16 +168,18 @@ def known_to_dpkg() -> bool:
 # -- building ------------------------------------------------------------------------------
 
 
-def source_tree(target: Path) -> Path:
-    """This checkout's files (tracked and new, not ignored) copied to `target`."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, check=True).stdout.split(b"\0")
-    for name in filter(None, files):
-        source = REPO / name.decode()
-        if source.is_symlink() or source.is_file():
-            dest = target / name.decode()
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest, follow_symlinks=False)
+def ignored_names(tree: Path) -> list[str]:
+    """The tree's .gitignore patterns as names to leave out at any depth (all of this
+    project's are plain names or globs), and .git itself."""
+    lines = (tree / ".gitignore").read_text().splitlines()
+    return [".git", *(x.strip().strip("/") for x in lines if x.strip() and x[0] != "#")]
+
+
+def source_tree(target: Path, tree: Path = REPO) -> Path:
+    """The files of `tree` (a checkout or an exported tree: git is not needed) copied to
+    `target`, without what .gitignore leaves out (venvs, caches, build output)."""
+    shutil.copytree(tree, target, symlinks=True,
+                    ignore=shutil.ignore_patterns(*ignored_names(tree)))
     return target
 
 
@@ -310,9 +313,12 @@ class Machine:
         return self._spawn("mosquitto.service", shlex.split(start), {"PATH": CLEAN_PATH})
 
     def start_gateway(self, notify_socket: Path, exec_start: list[str] | None = None,
-                      netns: str | None = None) -> Running:
+                      netns: str | None = None, filters: bool = True) -> Running:
         """The installed unit's ExecStart (or `exec_start` in its place) as the unit runs it,
-        in the network namespace `netns` when given."""
+        in the network namespace `netns` when given. `filters=False` leaves out its
+        MemoryDenyWriteExecute, SystemCallFilter and RestrictAddressFamilies, which cannot
+        be emulated under qemu-user (its translator writes code and runs it; a seccomp filter
+        would see the host's system calls, not the emulated ones)."""
         unit = (UNIT_DIR / UNIT).read_text()
         (user,) = unit_value(unit, "User")
         (caps,) = unit_value(unit, "AmbientCapabilities")
@@ -321,7 +327,9 @@ class Machine:
             directory.mkdir(exist_ok=True)
             shutil.chown(directory, user, user)
             directory.chmod(int(unit_value(unit, key)[0], 8))
-        command = restricted(unit, exec_start or shlex.split(unit_value(unit, "ExecStart")[0]))
+        command = exec_start or shlex.split(unit_value(unit, "ExecStart")[0])
+        if filters:
+            command = restricted(unit, command)
         cap = caps.lower().removeprefix("cap_")
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
                 f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
@@ -336,6 +344,10 @@ class Machine:
                "WATCHDOG_USEC": "30000000", "STATE_DIRECTORY": str(STATE),
                "RUNTIME_DIRECTORY": str(RUNTIME), "CONFIGURATION_DIRECTORY": str(CONFIG.parent)}
         return self._spawn(UNIT, argv, env)
+
+    def spawn(self, name: str, argv: list[str]) -> Running:
+        """`argv` as root with a clean environment, ended in `close`."""
+        return self._spawn(name, argv, {"PATH": CLEAN_PATH, "LANG": "C.UTF-8"})
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Running:
         log = self.work / f"{name}.{len(self.processes)}.log"
@@ -360,6 +372,21 @@ class Machine:
         self.source_file().unlink(missing_ok=True)
         for path in LISTS.glob(f"*{self.work.name.replace('_', '%5f')}*"):  # apt's quoting
             path.unlink()
+
+
+@contextlib.contextmanager
+def new_machine() -> Iterator[Machine]:
+    """A Machine with a fresh work folder; what it put on this machine is taken back at the
+    end, also after a failure."""
+    work = short_workdir()
+    machine = Machine(work)
+    try:
+        yield machine
+    finally:
+        try:
+            machine.close()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

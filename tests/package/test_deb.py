@@ -39,6 +39,7 @@ from tests.package.harness import (
     BROKER_PORT,
     CONFIG,
     PACKAGE,
+    REPO,
     RUNTIME,
     STATE,
     UNIT,
@@ -53,16 +54,18 @@ from tests.package.harness import (
     installed,
     missing_tools,
     mosquittos_of,
+    new_machine,
     proc_status,
     restricted,
     run,
-    short_workdir,
 )
 
 pytestmark = pytest.mark.package
 
 READY_TIMEOUT_S = 60.0
 UPDATES_TIMEOUT_S = 120.0
+SIM_TIMEOUT_S = 60.0
+ARTIFACTS = REPO / "artifacts" / "deb"
 EXPOSURE_LIMIT = 2.5  # systemd-analyze security: "OK" and better
 CAP_NET_ADMIN = 1 << 12
 # What the daemon imports from Debian's packages (never pip): module -> package prefix.
@@ -83,7 +86,12 @@ def require_packaging() -> None:
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
     require_packaging()
-    return build_both(tmp_path_factory.mktemp("deb"))
+    built = build_both(tmp_path_factory.mktemp("deb"))
+    # Kept for ./dev.sh, which lints it with the other release's lintian too.
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    shutil.copy(built.current, ARTIFACTS)
+    return built
 
 
 def test_the_package_builds_and_lintian_is_clean(builds: Builds) -> None:
@@ -147,15 +155,8 @@ def machine(builds: Builds) -> Iterator[Machine]:
     if installed():
         pytest.fail(f"{PACKAGE} is already installed here: the package test installs and "
                     "purges it, so it leaves an existing install alone", pytrace=False)
-    work = short_workdir()
-    machine = Machine(work)
-    try:
+    with new_machine() as machine:
         yield machine
-    finally:
-        try:
-            machine.close()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def wait_ready(gateway: Running, notify: NotifySocket) -> None:
@@ -172,6 +173,29 @@ def credential_works(device_id: str, username: str, password: str) -> None:
                                               b'{"power_w": 12.5}')) is None
     wrong = Endpoint("127.0.0.1", BROKER_PORT, username, password + "x")
     assert mqtt_connect(wrong, device_id) is not None  # refused
+
+
+def admin_page_answers() -> None:
+    with urllib.request.urlopen(ADMIN_URL, timeout=10) as response:
+        assert response.status == 200
+        assert "Home Gateway" in response.read().decode()
+
+
+def command_round_trip(machine: Machine) -> None:
+    """The package's own simulated plug, on a login of its own, answers a command sent with
+    the command line: the whole path through the installed daemon and its broker."""
+    sim = machine.spawn("sim devices", ["/usr/bin/home-gateway", "sim", "devices", "--count",
+                                        "1", "--kinds", "plug", "--duration", "600"])
+    deadline = time.monotonic() + SIM_TIMEOUT_S
+    while True:  # until the simulator has registered its plug and the plug is online
+        done = run("/usr/bin/home-gateway", "device", "command", "sim-plug-1", "set_power",
+                   '{"on": true}', check=False, timeout=60)
+        if done.returncode == 0 or time.monotonic() > deadline or sim.popen.poll() is not None:
+            break
+        time.sleep(0.5)
+    assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{sim.log.read_text()[-3000:]}"
+    assert json.loads(done.stdout)["status"] == "ok", done.stdout
+    assert sim.stop() == 0, sim.log.read_text()[-3000:]
 
 
 def checked_updates() -> dict[str, Any]:
@@ -252,14 +276,12 @@ def test_install_run_upgrade_and_purge(builds: Builds, machine: Machine) -> None
         # the setup code: in the log (the journal) and from the command
         assert re.search(r"setup code \S{6,}", gateway.log.read_text()), gateway.log.read_text()
         assert "setup code" in cli("setup-code").stdout.lower()
-        # the admin page answers
-        with urllib.request.urlopen(ADMIN_URL, timeout=10) as response:
-            assert response.status == 200
-            assert "Home Gateway" in response.read().decode()
+        admin_page_answers()
         # a device credential works on its broker
         username, password = add_device("pkg-plug")
         credential_works("pkg-plug", username, password)
         assert "pkg-plug" in cli("device", "list").stdout
+        command_round_trip(machine)
         # anyone else is told plainly (the control socket is the service user's)
         done = run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                    "/usr/bin/home-gateway", "status", check=False)
