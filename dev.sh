@@ -250,6 +250,7 @@ case "$cmd" in
     step "the $(other_release) world (a root of its own)" \
       in_root "$root" /src/home-gateway/dev.sh world "$@"
     lint_debs "$root"
+    echo "==> every check passed in $(( SECONDS / 60 )) min $(( SECONDS % 60 )) s"
     ;;
   smoke-arm64)
     setup_system "${PACKAGING_PACKAGES[@]}" qemu-user-static binfmt-support
