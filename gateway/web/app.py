@@ -125,9 +125,11 @@ class Guard:
         return self.anonymous_csrf(request[PRE])
 
     def identify(self, request: web.Request) -> Principal | None:
-        header = request.headers.get("Authorization", "")
-        if header:
-            scheme, _, token = header.partition(" ")
+        """An API token when the request has an Authorization header (any, even an empty
+        one: then never the session cookie, which would skip CSRF), else the session."""
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.strip().partition(" ")
             if scheme.lower() != "bearer":
                 raise HttpError(401, "Authorization: expected 'Bearer <API token>'",
                                 {"WWW-Authenticate": "Bearer"})
@@ -154,12 +156,17 @@ class Guard:
         if not sent or not hmac.compare_digest(sent, self.csrf_token(request)):
             raise HttpError(403, "X-CSRF-Token: missing or stale; reload the page")
 
-    def admit(self, request: web.Request, access: str, principal: Principal | None) -> None:
-        """The access level, then for a state change by a browser the CSRF checks (API
-        tokens are not ambient credentials: no CSRF)."""
-        self.authorize(request, access, principal)
+    def check_browser_change(self, request: web.Request) -> None:
+        """A state change by a browser passes the CSRF checks. API tokens are not ambient
+        credentials: a request with an Authorization header is authenticated by its token
+        alone (`identify`), so it needs none."""
         if request.method not in SAFE_METHODS and "Authorization" not in request.headers:
             self.check_csrf(request)
+
+    def admit(self, request: web.Request, access: str, principal: Principal | None) -> None:
+        """The access level, then for a state change by a browser the CSRF checks."""
+        self.authorize(request, access, principal)
+        self.check_browser_change(request)
 
     def authorize(self, request: web.Request, access: str, principal: Principal | None) -> None:
         if access == "public":
@@ -242,9 +249,8 @@ async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResp
             raise HttpError(403, "only admins may open this page")
     elif access != "signed":  # signed: the handler admits (see the module docstring)
         guard.authorize(request, access, principal)
-    if (access != "signed" and request.method not in SAFE_METHODS
-            and "Authorization" not in request.headers):
-        guard.check_csrf(request)  # API tokens are not ambient credentials: no CSRF
+    if access != "signed":
+        guard.check_browser_change(request)
     response = await handler(request)
     if (principal is None and access != "signed"
             and pre != request.cookies.get(guard.cookies.pre)):

@@ -7,6 +7,7 @@ import asyncio
 import re
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import aiohttp
@@ -72,6 +73,27 @@ async def test_cross_origin_and_tokenless_posts_are_refused(web: Lab) -> None:
         assert web.daemon.store.device("evil-plug") is None
         status, _, _ = await b.call("POST", "/api/v1/devices", body)  # the real page's way
         assert status == 201
+
+
+async def test_an_empty_authorization_header_does_not_skip_csrf(web: Lab) -> None:
+    """A session cookie never authenticates a request that carries an Authorization header:
+    an empty or blank one is refused, it does not turn a browser's change into an API
+    client's (which needs no CSRF token)."""
+    async with browser(web) as b:
+        assert (await b.login(*ADMIN))[0] == 201
+        for value in ("", " ", "Bearer", "Bearer "):
+            for method, path, body in (("POST", "/api/v1/devices",
+                                        {"id": "csrf-plug", "kind": "plug"}),
+                                       ("POST", "/api/v1/enrollments", {"name": "csrf"})):
+                async with b.http.request(method, b.base + path, json=body,
+                                          headers={"Authorization": value}) as r:
+                    assert r.status == 401, (value, path, r.status, await r.text())
+                    assert (await r.json())["error"].startswith("Authorization:")
+        assert web.daemon.store.device("csrf-plug") is None
+        assert web.daemon.store.live_enrollments(time.time()) == []
+        status, _, _ = await b.call("POST", "/api/v1/devices", {"id": "csrf-plug",
+                                                                "kind": "plug"})
+        assert status == 201  # the page's own way still works
 
 
 async def test_dns_rebinding_host_is_refused(web: Lab) -> None:
