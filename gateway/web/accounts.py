@@ -117,7 +117,10 @@ class Accounts:
 
     async def setup(self, code: str, username: str, password: str,
                     address: str) -> tuple[str, Session]:
-        keys = [f"setup:{address}", "setup"]
+        # Throttled per address only: one shared key let any host on the LAN keep the owner
+        # from setting up. Guessing stays hopeless: a code has 59 bits and lives an hour,
+        # and each address gets 5 free tries, then waits that double up to 15 minutes.
+        keys = [f"setup:{address}"]
         self._check_throttle(keys, "setup", address)
         if not self.needs_setup():
             raise AuthError(409, "the gateway is set up already; log in instead")

@@ -99,9 +99,12 @@ class Browser:
 
 
 @asynccontextmanager
-async def browser(lab: Lab) -> AsyncIterator[Browser]:
+async def browser(lab: Lab, source: str | None = None) -> AsyncIterator[Browser]:
+    """A browser on this machine; from the loopback address `source` (say 127.0.0.2, a
+    second host as the gateway sees it) when given."""
     jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1, as a browser keeps them
-    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+    connector = aiohttp.TCPConnector(local_addr=(source, 0)) if source else None
+    async with aiohttp.ClientSession(cookie_jar=jar, connector=connector) as http:
         yield Browser(http, base_url(lab))
 
 

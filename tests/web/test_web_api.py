@@ -60,6 +60,27 @@ async def test_first_run_setup_code_is_single_use_and_expires(web: Lab) -> None:
     assert web.daemon.store.audit_log(10, "setup", result="failed")
 
 
+async def test_a_stranger_cannot_keep_the_owner_from_setting_up(web: Lab) -> None:
+    """Wrong setup codes throttle the address that sent them, not the first-run setup
+    itself: another host on the LAN cannot keep the owner out."""
+    code, _ = web.daemon.accounts.issue_setup_code()
+    body = {"code": "AAAA-BBBB-CCCC", "username": "mallory", "password": ADMIN[1]}
+    async with browser(web, source="127.0.0.2") as stranger:
+        await stranger.page("/login")
+        statuses = [(await stranger.call("POST", "/api/v1/setup", body))[0] for _ in range(8)]
+        assert statuses == [403] * 5 + [429] * 3, statuses
+        assert (await stranger.call("POST", "/api/v1/setup", {**body, "code": code}))[0] == 429
+    failed = web.daemon.store.audit_log(20, "setup", result="failed")
+    assert len(failed) == 5 and all("127.0.0.2" in e.detail for e in failed)
+    async with browser(web) as owner:  # from 127.0.0.1
+        await owner.page("/login")
+        status, data, _ = await owner.call("POST", "/api/v1/setup",
+                                           {"code": code, "username": "alice",
+                                            "password": ADMIN[1]})
+        assert status == 201 and data["role"] == "admin", data
+    assert [u.username for u in web.daemon.store.users()] == ["alice"]
+
+
 async def _setup_code_command(web: Lab) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "setup-code", "--config", str(web.config.source),
