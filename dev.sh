@@ -147,15 +147,24 @@ in_root() {
 
 # debian_root RELEASE ARCH PACKAGE...: the path of a Debian RELEASE root for ARCH with those
 # packages installed (debootstrap from the archive this machine's apt uses, then apt),
-# built once and kept in $ROOTS under the hash of its inputs.
+# built once and kept in $ROOTS under the hash of its inputs, upgraded once a week.
 debian_root() {
   local release=$1 arch=$2; shift 2
   local key dir log main security
   main=$(archive debian) security=$(archive debian-security)
   key=$(printf '%s\n' "$release" "$arch" "$main" "$security" "$@" | sha256sum | cut -c1-12)
   dir=$ROOTS/$release-$arch-$key
-  if [ -f "$dir/.ready" ]; then echo "$dir"; return; fi
   log=$ROOTS/$release-$arch.log
+  if [ -f "$dir/.ready" ]; then
+    # A week old: take the release's updates first (what a Pi would have by now).
+    if [ -n "$(find "$dir/.ready" -mtime +6)" ]; then
+      echo "==> upgrading the Debian $release ($arch) root (last upgraded over a week ago)" >&2
+      in_root "$dir" sh -c 'apt-get update -qq && apt-get dist-upgrade -y -qq' >>"$log" 2>&1 \
+        || { tail -n 30 "$log" >&2; echo "dev.sh: upgrading the $release root failed (log: $log)" >&2; return 1; }
+      as_root touch "$dir/.ready"
+    fi
+    echo "$dir"; return
+  fi
   echo "==> building a Debian $release ($arch) root in $dir (log: $log)" >&2
   as_root mkdir -p "$ROOTS"
   as_root rm -rf "$ROOTS/$release-$arch-"*
