@@ -5,6 +5,7 @@
 #                                  worlds (PyPI, this release's Debian, the other release's)
 #   ./dev.sh smoke-arm64           the .deb installed and run in an arm64 trixie root (qemu)
 set -euo pipefail
+shopt -s inherit_errexit  # a failure inside $(...) stops the script too (debian_root runs there)
 cd "$(dirname "$0")"
 
 # System packages: the broker and firewall the gateway drives, Debian's Python and the
@@ -111,8 +112,9 @@ other_release() {  # the release the third world runs on: both are always proven
 
 archive() {  # archive debian|debian-security: the URL this machine's apt already uses
   local want=$1 url
+  # (either file may be missing: grep then fails, and so does the pipeline, output or not)
   url=$(grep -hoE "^(URIs:|deb)\s+\S+" /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
-        | awk '{print $2}' | grep -E "/${want}/?\$" | head -n 1)
+        | awk '{print $2}' | grep -E "/${want}/?\$" | head -n 1) || true
   echo "${url:-http://deb.debian.org/$want}"
 }
 
@@ -145,6 +147,12 @@ in_root() {
       DEBIAN_FRONTEND=noninteractive "$@"
 }
 
+failed() {  # failed LOG WHAT: the end of LOG, then what failed; returns 1
+  tail -n 30 "$1" >&2
+  echo "dev.sh: $2 failed (log: $1)" >&2
+  return 1
+}
+
 # debian_root RELEASE ARCH PACKAGE...: the path of a Debian RELEASE root for ARCH with those
 # packages installed (debootstrap from the archive this machine's apt uses, then apt),
 # built once and kept in $ROOTS under the hash of its inputs, upgraded once a week.
@@ -160,7 +168,7 @@ debian_root() {
     if [ -n "$(find "$dir/.ready" -mtime +6)" ]; then
       echo "==> upgrading the Debian $release ($arch) root (last upgraded over a week ago)" >&2
       in_root "$dir" sh -c 'apt-get update -qq && apt-get dist-upgrade -y -qq' >>"$log" 2>&1 \
-        || { tail -n 30 "$log" >&2; echo "dev.sh: upgrading the $release root failed (log: $log)" >&2; return 1; }
+        || failed "$log" "upgrading the $release root"
       as_root touch "$dir/.ready"
     fi
     echo "$dir"; return
@@ -168,9 +176,8 @@ debian_root() {
   echo "==> building a Debian $release ($arch) root in $dir (log: $log)" >&2
   as_root mkdir -p "$ROOTS"
   as_root rm -rf "$ROOTS/$release-$arch-"*
-  if ! as_root debootstrap --variant=minbase --arch="$arch" "$release" "$dir" "$main" >"$log" 2>&1; then
-    tail -n 30 "$log" >&2; echo "dev.sh: debootstrap $release failed (log: $log)" >&2; return 1
-  fi
+  as_root debootstrap --variant=minbase --arch="$arch" "$release" "$dir" "$main" >"$log" 2>&1 \
+    || failed "$log" "debootstrap $release"
   # No service starts while packages install (no init runs here; policy-rc.d says so).
   printf '#!/bin/sh\nexit 101\n' | as_root tee "$dir/usr/sbin/policy-rc.d" >/dev/null
   as_root chmod 0755 "$dir/usr/sbin/policy-rc.d"
@@ -179,11 +186,8 @@ deb $main $release main
 deb $main $release-updates main
 deb $security $release-security main
 SOURCES
-  if ! in_root "$dir" sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@"' \
-       sh ca-certificates "$@" >>"$log" 2>&1; then
-    tail -n 30 "$log" >&2; echo "dev.sh: installing packages in the $release root failed (log: $log)" >&2
-    return 1
-  fi
+  in_root "$dir" sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@"' \
+    sh ca-certificates "$@" >>"$log" 2>&1 || failed "$log" "installing packages in the $release root"
   as_root touch "$dir/.ready"
   echo "$dir"
 }
