@@ -42,28 +42,38 @@ class BrokerError(Exception):
     pass
 
 
-_NEW_CONNECTION = re.compile(r"New connection from (\S+):\d+ on port \d+")
+# Mosquitto's connection messages, each matched against the whole message after the
+# timestamp. The client id is text a stranger chooses (spaces, quotes, the broker's own
+# phrases; Mosquitto refuses control characters, so not a line break): it is only ever
+# read where the grammar puts it, as the longest text before the broker's own suffix,
+# which always ends the line.
+_MESSAGE = re.compile(r"\d+: (.*)")
+_NEW_CONNECTION = re.compile(r"New connection from (\S+):\d+ on port \d+\.")
 _LOGGED_IN = re.compile(
-    r"New client connected from (\S+):\d+ as (\S+) \(.*?(?:u'([^']*)')?\)\.?$")
-# A client's session ended: it disconnected, dropped, timed out or was taken over.
-_GONE = re.compile(r"(?:Client (\S+) (?:disconnected|closed its connection|has exceeded "
-                   r"timeout)|Socket error on client (\S+), disconnecting)")
-_REFUSED = "disconnected, not authorised"
+    r"New client connected from (\S+):\d+ as (.+) \(p\d+, c\d+, k\d+(?:, u'(.*)')?\)\.")
+# A login refused: "<unknown>" on Mosquitto 2.0.11, the client id on 2.0.21.
+_REFUSED = re.compile(r"Client (.+) disconnected, not authorised\.")
+_LEFT_EARLY = "Client <unknown> closed its connection."  # gone before logging in
+# A client's session ended: it disconnected, dropped, timed out or broke the protocol.
+_GONE = re.compile(r"Client (.+) (?:disconnected|closed its connection|has exceeded timeout, "
+                   r"disconnecting|disconnected due to (?:protocol error|out of memory))\.|"
+                   r"Socket error on client (.+), disconnecting\.")
 PENDING_S = 10.0  # Mosquitto waits this long at most for a CONNECT after accepting
 
 
 class LogEvent(NamedTuple):
     connection: bool  # a connection message (logged at debug level)
-    refused: str | None = None  # the address of a refused login
+    refused: str | None = None  # the address of a refused login ("unknown" if unsure)
     login: tuple[str, str] | None = None  # (address, username) of an accepted login
     up: str | None = None  # the client id of a session that began
     down: str | None = None  # the client id of a session that ended
 
 
 class ConnectionLog:
-    """Reads Mosquitto's connection messages. A refused login ("Client <unknown>
-    disconnected, not authorised.") names no address, so it is charged to the oldest
-    accepted connection that has not logged in yet."""
+    """Reads Mosquitto's connection messages. A refused login names no address, so it is
+    charged to the address of the connections that have not logged in yet when they all
+    come from one address, and to "unknown" otherwise: a stranger's refused logins are
+    never charged to another host whose connection happens to be waiting too."""
 
     def __init__(self) -> None:
         self._pending: deque[tuple[float, str]] = deque()
@@ -71,24 +81,28 @@ class ConnectionLog:
     def feed(self, line: str, now: float) -> LogEvent:
         while self._pending and now - self._pending[0][0] > PENDING_S:
             self._pending.popleft()
-        if match := _NEW_CONNECTION.search(line):
+        framed = _MESSAGE.fullmatch(line)
+        message = framed[1] if framed else ""
+        if match := _NEW_CONNECTION.fullmatch(message):
             self._pending.append((now, match[1]))
             return LogEvent(True)
-        if match := _LOGGED_IN.search(line):
+        if match := _LOGGED_IN.fullmatch(message):
             for i, (_, address) in enumerate(self._pending):
                 if address == match[1]:
                     del self._pending[i]
                     break
             return LogEvent(True, login=(match[1], match[3]) if match[3] else None,
                             up=match[2])
-        if _REFUSED in line:
-            address = self._pending.popleft()[1] if self._pending else "unknown"
-            return LogEvent(True, refused=address)
-        if "Client <unknown> closed its connection" in line:  # left before logging in
+        if _REFUSED.fullmatch(message):
+            addresses = {address for _, address in self._pending}
+            if self._pending:
+                self._pending.popleft()
+            return LogEvent(True, refused=addresses.pop() if len(addresses) == 1 else "unknown")
+        if message == _LEFT_EARLY:
             if self._pending:
                 self._pending.popleft()
             return LogEvent(True)
-        if match := _GONE.search(line):
+        if match := _GONE.fullmatch(message):
             return LogEvent(True, down=match[1] or match[2])
         return LogEvent(False)
 

@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from gateway import mqtt
+from gateway.broker.render import GATEWAY_USERNAME
+from gateway.credentials.secrets import load_or_create_login
 from gateway.devices.topics import bridge_state_topic, device_topic
 from gateway.mqtt import Endpoint, Message, MqttSession
 from gateway.sim.lab import Lab, free_port, start_lab
+from tests.hostile import HOSTILE_CLIENT_IDS
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
@@ -29,9 +32,9 @@ async def until(predicate: Callable[[], bool], timeout: float, what: str) -> flo
     return time.monotonic() - started
 
 
-async def refused(endpoint: Endpoint) -> str:
+async def refused(endpoint: Endpoint, client_id: str = "probe") -> str:
     """Connect once; return the broker's refusal, or fail if it let us in."""
-    client = mqtt.make_client(endpoint, "probe")
+    client = mqtt.make_client(endpoint, client_id)
     try:
         async with client:
             pass
@@ -59,6 +62,28 @@ async def test_anonymous_and_wrong_password_refused(lab: Lab) -> None:
     await lab.add_devices([("plug-a", "plug")], interval_s=60)
     await refused(lab.endpoint("plug-a.1", "wrong-password"))
     await refused(lab.endpoint("home-gateway", "guess"))
+
+
+async def test_hostile_client_ids_change_no_presence_and_no_one_elses_audit(lab: Lab) -> None:
+    """Client ids that spell the broker's own log phrases, from a login that may choose its
+    id and from strangers with a wrong password: plug-1 stays online, and every refusal is
+    counted once, against the address it came from."""
+    await lab.add_devices([("plug-1", "plug")], interval_s=60)
+    gateway_login = lab.endpoint(*load_or_create_login(lab.daemon.files.gateway_secret,
+                                                       GATEWAY_USERNAME))
+    before = lab.daemon.refused_total
+    for client_id in HOSTILE_CLIENT_IDS:
+        async with mqtt.make_client(gateway_login, client_id):
+            pass  # comes and goes under that id
+        await refused(lab.endpoint("nobody", "wrong"), client_id)
+    await until(lambda: lab.daemon.refused_total - before == len(HOSTILE_CLIENT_IDS), 5,
+                "every refused login counted")
+    await asyncio.sleep(0.3)  # anything the log would still change, it has changed by now
+    assert lab.daemon.refused_total - before == len(HOSTILE_CLIENT_IDS)
+    assert "plug-1" in lab.daemon.devices.connected
+    assert set(lab.daemon.refused_logins) <= {"127.0.0.1"}
+    actors = {e.actor for e in lab.daemon.store.audit_log(200, "mqtt.login_refused")}
+    assert actors <= {"mqtt:127.0.0.1"}, actors
 
 
 async def test_device_cannot_touch_another_devices_topics(lab: Lab) -> None:

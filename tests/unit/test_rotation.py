@@ -23,6 +23,7 @@ from gateway.credentials.secrets import load_or_create_login
 from gateway.devices.enrollment import EnrollmentError, parse_hello, token_parts
 from gateway.mqtt import login_refused
 from gateway.store import Device, Rotation
+from tests.hostile import HOSTILE_CLIENT_IDS
 
 POLICY = RotationPolicy(period_days=30, ack_timeout_s=600, offline_wait_s=7 * DAY_S,
                         retry_initial_s=300, alert_after=3)
@@ -157,6 +158,46 @@ def test_connection_log_tells_when_a_client_session_begins_and_ends() -> None:
         event = log.feed(line, 1)
         assert (event.connection, event.down, event.up) == (True, "plug-1", None), line
     assert log.feed("1: mosquitto version 2.0.11 running", 2).down is None
+
+
+@pytest.mark.parametrize("client_id", HOSTILE_CLIENT_IDS)
+def test_connection_log_reads_a_hostile_client_id_only_where_the_grammar_puts_it(
+        client_id: str) -> None:
+    log = ConnectionLog()
+    # A login that may choose its id (Home Assistant's, an enrollment token's) logs in...
+    log.feed("1: New connection from 10.0.0.9:5000 on port 1883.", 0)
+    event = log.feed(f"1: New client connected from 10.0.0.9:5000 as {client_id} (p2, c1, "
+                     "k60, u'homeassistant:1').", 0)
+    assert (event.up, event.login, event.down) == (
+        client_id, ("10.0.0.9", "homeassistant:1"), None)
+    # ...and leaves, however it leaves: the session that ends is its own, never plug-1's.
+    for line in (f"Client {client_id} disconnected.", f"Client {client_id} closed its "
+                 "connection.", f"Client {client_id} has exceeded timeout, disconnecting.",
+                 f"Client {client_id} disconnected due to protocol error.",
+                 f"Socket error on client {client_id}, disconnecting."):
+        event = log.feed(f"1: {line}", 1)
+        assert (event.down, event.up, event.refused) == (client_id, None, None), line
+    # Refused (Mosquitto 2.0.21 names the id): one refusal, from where it came, nothing else.
+    log.feed("1: New connection from 10.0.0.9:5001 on port 1883.", 2)
+    event = log.feed(f"1: Client {client_id} disconnected, not authorised.", 2)
+    assert (event.refused, event.down, event.up, event.login) == ("10.0.0.9", None, None, None)
+
+
+def test_a_refused_login_is_never_charged_to_another_hosts_waiting_connection() -> None:
+    log = ConnectionLog()
+    log.feed("1: New connection from 10.0.0.5:4000 on port 1883.", 0)  # a device, slow
+    log.feed("1: New connection from 10.0.0.66:5000 on port 1883.", 0.1)  # a stranger
+    assert log.feed("1: Client <unknown> disconnected, not authorised.", 0.2).refused == (
+        "unknown")  # which of the two was refused the log does not say
+    log.feed("1: New connection from 10.0.0.66:5001 on port 1883.", 0.3)
+    log.feed("1: New client connected from 10.0.0.5:4000 as plug-1 (p2, c1, k30, "
+             "u'plug-1.1').", 0.4)
+    assert log.feed("1: Client mallory disconnected, not authorised.", 0.5).refused == (
+        "10.0.0.66")  # only the stranger's connections wait: it is theirs
+    # Not a whole message: never an event.
+    for line in ("Client plug-1 disconnected.", "1: Client plug-1 disconnected. ",
+                 "x 1: Client plug-1 disconnected.", "1: client plug-1 disconnected."):
+        assert log.feed(line, 1) == (False, None, None, None, None), line
 
 
 @pytest.mark.parametrize(("error", "refused"), [
