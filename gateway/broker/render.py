@@ -135,6 +135,13 @@ def enrollment_username(token_id: str) -> str:
     return f"enroll:{token_id}"
 
 
+def enrollment_client_id(token_id: str) -> str:
+    """The one client id a token's login may use (its username again), so a token holder
+    cannot take over the gateway's or a device's session by connecting with its id. A ':'
+    never occurs in a device id, so no device's pinned id can be a token's."""
+    return enrollment_username(token_id)
+
+
 def _client(username: str, role: str, password: PasswordHash,
             clientid: str | None = None) -> dict[str, object]:
     client: dict[str, object] = {
@@ -169,7 +176,8 @@ def render_dynsec(gateway_password: PasswordHash, credentials: Sequence[Credenti
         username = enrollment_username(enrollment.id)
         role = login_role(username)
         roles.append({"rolename": role, "acls": enrollment_acls(enrollment.id)})
-        clients.append(_client(username, role, enrollment.password))
+        clients.append(_client(username, role, enrollment.password,
+                               clientid=enrollment_client_id(enrollment.id)))
     for username, password, acls in others:
         roles.append({"rolename": login_role(username), "acls": acls})
         clients.append(_client(username, login_role(username), password))

@@ -27,6 +27,7 @@ from gateway.broker.render import (
     create_device_login_commands,
     create_login_commands,
     delete_login_commands,
+    enrollment_client_id,
     enrollment_username,
 )
 from gateway.credentials.secrets import hash_password, new_secret
@@ -148,8 +149,9 @@ class Enrollments:
                          detail=f"for {device_id or name or 'a new device'}; expires in "
                                 f"{round((expires_at - time.time()) / 60)} min")
         username = enrollment_username(token_id)
-        await self.dynsec.apply(create_login_commands(username, secret,
-                                                enrollment_acls(token_id)))
+        await self.dynsec.apply(create_login_commands(
+            username, secret, enrollment_acls(token_id),
+            clientid=enrollment_client_id(token_id)))
         return Ticket(token_id, f"{token_id}.{secret}", expires_at)
 
     async def revoke(self, token_id: str, actor: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.aio import cancel_and_wait
-from gateway.broker.render import enrollment_username
+from gateway.broker.render import enrollment_client_id, enrollment_username
 from gateway.devices.enrollment import token_parts
 from gateway.devices.kinds import KINDS
 from gateway.devices.topics import device_topic, enroll_topic
@@ -235,7 +235,7 @@ async def enroll(endpoint: Endpoint, token: str, hello: dict[str, Any],
 
     session = MqttSession(
         replace(endpoint, username=enrollment_username(token_id), password=secret),
-        client_id=f"enroll-{token_id}", on_message=on_message,
+        client_id=enrollment_client_id(token_id), on_message=on_message,
         subscriptions=[(enroll_topic(token_id, "creds"), 1)], on_connect=say_hello)
     async with session:
         return await asyncio.wait_for(answer, timeout)

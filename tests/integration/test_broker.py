@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import mqtt
-from gateway.broker.render import GATEWAY_USERNAME
+from gateway.broker.render import GATEWAY_USERNAME, enrollment_client_id, enrollment_username
 from gateway.credentials.secrets import load_or_create_login
 from gateway.devices.topics import bridge_state_topic, device_topic
 from gateway.mqtt import Endpoint, Message, MqttSession
@@ -84,6 +84,23 @@ async def test_hostile_client_ids_change_no_presence_and_no_one_elses_audit(lab:
     assert set(lab.daemon.refused_logins) <= {"127.0.0.1"}
     actors = {e.actor for e in lab.daemon.store.audit_log(200, "mqtt.login_refused")}
     assert actors <= {"mqtt:127.0.0.1"}, actors
+
+
+async def test_a_token_login_cannot_take_over_the_gateways_or_a_devices_session(
+        lab: Lab) -> None:
+    """An enrollment token's login is pinned to its own client id: with the gateway's or a
+    device's id it is refused, and both sessions stay up."""
+    await lab.add_devices([("plug-1", "plug")], interval_s=60)
+    ticket = await lab.daemon.enrollments.create("admin", name="stranger")
+    token_id, secret = ticket.token.split(".", 1)
+    login = lab.endpoint(enrollment_username(token_id), secret)
+    for stolen in ("home-gateway", "plug-1", f"enroll-{token_id}"):
+        assert mqtt.login_refused(await refused(login, stolen)), stolen
+    async with mqtt.make_client(login, enrollment_client_id(token_id)):
+        pass  # its own id works
+    await asyncio.sleep(0.3)
+    assert {"home-gateway", "plug-1"} <= lab.daemon.devices.connected
+    assert lab.daemon.session.connected
 
 
 async def test_device_cannot_touch_another_devices_topics(lab: Lab) -> None:

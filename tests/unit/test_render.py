@@ -202,7 +202,7 @@ def test_enrollment_login_may_only_say_hello_and_hear_its_answer() -> None:
                             0.0, 900.0, "open", 0)
     doc = json.loads(render_dynsec(hash_password(GATEWAY_SECRET), [], [enrollment]))
     login = client(doc, "enroll:0a1b2c3d4e")
-    assert "clientid" not in login
+    assert login["clientid"] == "enroll:0a1b2c3d4e"  # no takeover of another's session
     assert PasswordHash(login["password"], login["salt"], login["iterations"]).verify(
         "token-secret")
     acls = {(a["acltype"], a["topic"]) for a in role(doc, "login:enroll:0a1b2c3d4e")["acls"]}
