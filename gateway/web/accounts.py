@@ -7,9 +7,11 @@ secret). Errors are `AuthError`s carrying the HTTP status the caller should answ
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ IDLE_TIMEOUT_S = 30 * 60
 ABSOLUTE_TIMEOUT_S = 12 * 3600
 TOUCH_EVERY_S = 60.0  # last_seen is written at most once a minute per session
 SETUP_CODE_KEY = "setup_code"
+DEVICE_KEY = "web.device_key"  # signs known-browser cookies; made once, kept in the store
+DEVICE_COOKIE_LIFETIME_S = 90 * 86400
 
 
 class AuthError(Exception):
@@ -142,9 +146,44 @@ class Accounts:
 
     # -- login and sessions ------------------------------------------------------------
 
+    # A browser that has logged in to an account before carries a signed cookie for it
+    # (OWASP's "device cookies"). Its attempts are throttled per cookie, not per account, so
+    # a stranger's wrong guesses for the account (which do throttle it, for every browser
+    # without such a cookie) never lock its owner's browser out.
+
+    def _device_key(self) -> bytes:
+        stored = self.store.setting(DEVICE_KEY)
+        if stored is None:
+            stored = secrets.token_hex(32)
+            self.store.set_setting(DEVICE_KEY, stored)
+        return bytes.fromhex(stored)
+
+    def _device_mac(self, username: str, issued: int, nonce: str) -> str:
+        message = f"{username.lower()}|{issued}|{nonce}".encode()
+        return hmac.new(self._device_key(), message, hashlib.sha256).hexdigest()
+
+    def device_cookie(self, username: str) -> str:
+        """A new known-browser cookie for `username`."""
+        issued, nonce = int(self.clock()), secrets.token_hex(8)
+        return f"{issued}.{nonce}.{self._device_mac(username, issued, nonce)}"
+
+    def known_device(self, username: str, cookie: str | None) -> str | None:
+        """The cookie's id when it is a valid, unexpired known-browser cookie for
+        `username`, else None."""
+        issued, _, rest = (cookie or "").partition(".")
+        nonce, _, mac = rest.partition(".")
+        if not (issued.isdigit() and nonce and mac):
+            return None
+        if self.clock() - int(issued) > DEVICE_COOKIE_LIFETIME_S:
+            return None
+        expected = self._device_mac(username, int(issued), nonce)
+        return nonce if hmac.compare_digest(mac, expected) else None
+
     async def login(self, username: str, password: str, code: str | None,
-                    address: str) -> tuple[str, Session]:
-        keys = [f"user:{username.lower()}", f"addr:{address}"]
+                    address: str, device: str | None = None) -> tuple[str, Session]:
+        known = self.known_device(username, device)
+        first = f"device:{known}" if known else f"user:{username.lower()}"
+        keys = [first, f"addr:{address}"]
         self._check_throttle(keys, "login", address)
         user = self.store.user(username)
         if not await _verify(user.password if user else None, password):

@@ -47,7 +47,7 @@ from gateway.store import (
     Rotation,
     User,
 )
-from gateway.web.accounts import Accounts, Principal
+from gateway.web.accounts import DEVICE_COOKIE_LIFETIME_S, Accounts, Principal
 from gateway.web.auth import qr_svg
 from gateway.web.openapi import document
 from gateway.web.schema import Body, BodyError, Bool, Int, Obj, Str
@@ -1148,11 +1148,16 @@ LOGIN = Body({
 async def login(request: web.Request) -> web.StreamResponse:
     data = await body_of(request, LOGIN)
     accounts = accounts_of(request)
+    cookies = request.app[COOKIES]
     token, session = await accounts.login(data["username"], data["password"],
-                                          data.get("code"), client_address(request))
+                                          data.get("code"), client_address(request),
+                                          device=request.cookies.get(cookies.device))
     user = accounts.store.user(session.username)
     assert user is not None
-    return session_reply(request, token, session.csrf, user.username, user.role, 201)
+    response = session_reply(request, token, session.csrf, user.username, user.role, 201)
+    cookies.set_device(response, accounts.device_cookie(user.username),
+                       DEVICE_COOKIE_LIFETIME_S)
+    return response
 
 
 def session_reply(request: web.Request, token: str, csrf: str, username: str, role: str,

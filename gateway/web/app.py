@@ -79,7 +79,7 @@ def host_of(header: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Cookies:
-    """Names and attributes of the two cookies; `__Host-` and Secure under TLS."""
+    """Names and attributes of the cookies; `__Host-` and Secure under TLS."""
 
     secure: bool
 
@@ -104,6 +104,15 @@ class Cookies:
 
     def set_pre(self, response: web.StreamResponse, value: str) -> None:
         self._set(response, self.pre, value)
+
+    @property
+    def device(self) -> str:
+        """A known browser's cookie (see Accounts.device_cookie): kept across restarts."""
+        return "__Host-hg_device" if self.secure else "hg_device"
+
+    def set_device(self, response: web.StreamResponse, value: str, max_age: int) -> None:
+        response.set_cookie(self.device, value, path="/", httponly=True, samesite="Strict",
+                            secure=self.secure, max_age=max_age)
 
 
 class Guard:

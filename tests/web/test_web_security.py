@@ -257,6 +257,43 @@ async def test_wrong_passwords_are_throttled_and_audited(web: Lab) -> None:
     accounts.clock = real
 
 
+async def test_a_stranger_cannot_lock_the_owner_out_of_a_browser_that_logged_in_before(
+        web: Lab) -> None:
+    """Wrong guesses for an account throttle it for every browser that has never logged in
+    to it (brute force stays slow from anywhere), but not the owner's known browser: its
+    signed cookie is throttled on its own, and cannot be forged or moved to another user."""
+    async with browser(web) as owner:  # 127.0.0.1
+        assert (await owner.login(*ADMIN))[0] == 201
+        known = owner.http.cookie_jar.filter_cookies(yarl.URL(owner.base))["hg_device"].value
+        await owner.call("DELETE", "/api/v1/session")
+        async with browser(web, source="127.0.0.2") as stranger:
+            await stranger.page("/login")
+            statuses = [(await stranger.call("POST", "/api/v1/session", {
+                "username": ADMIN[0], "password": f"guess-{i}-xyz"}))[0] for i in range(7)]
+            assert statuses == [401] * 5 + [429] * 2, statuses
+        # A browser that never logged in to the account, from a third host: throttled.
+        async with browser(web, source="127.0.0.3") as newcomer:
+            assert (await newcomer.login(*ADMIN))[0] == 429
+            # A forged cookie, or one made for another user, changes nothing.
+            for forged in (known[:-4] + "0000", "1.2.3", ""):
+                newcomer.http.cookie_jar.update_cookies({"hg_device": forged})
+                assert (await newcomer.login(*ADMIN))[0] == 429, forged
+        async with browser(web, source="127.0.0.3") as viewer:
+            assert (await viewer.login(*VIEWER))[0] == 201
+            cookie = viewer.http.cookie_jar.filter_cookies(yarl.URL(viewer.base))["hg_device"]
+            await viewer.call("DELETE", "/api/v1/session")
+            viewer.http.cookie_jar.update_cookies({"hg_device": cookie.value})
+            assert (await viewer.login(*ADMIN))[0] == 429  # the viewer's cookie is not admin's
+        # The owner's browser, which logged in before, gets in.
+        assert (await owner.login(*ADMIN))[0] == 201
+        # Its cookie buys no extra guesses: wrong passwords from it are throttled too.
+        await owner.call("DELETE", "/api/v1/session")
+        await owner.page("/login")  # the login form's token
+        statuses = [(await owner.call("POST", "/api/v1/session", {
+            "username": ADMIN[0], "password": f"typo-{i}-xyz"}))[0] for i in range(6)]
+        assert statuses == [401] * 5 + [429], statuses
+
+
 async def test_viewer_and_read_tokens_cannot_change_anything(web: Lab) -> None:
     async with browser(web) as b:
         await b.login(*VIEWER)
