@@ -92,9 +92,10 @@ class Cookies:
         """An anonymous browser's cookie: binds the login and setup forms' CSRF token."""
         return "__Host-hg_pre" if self.secure else "hg_pre"
 
-    def _set(self, response: web.StreamResponse, name: str, value: str) -> None:
+    def _set(self, response: web.StreamResponse, name: str, value: str,
+             max_age: int | None = None) -> None:
         response.set_cookie(name, value, path="/", httponly=True, samesite="Strict",
-                            secure=self.secure)
+                            secure=self.secure, max_age=max_age)
 
     def set_session(self, response: web.StreamResponse, token: str) -> None:
         self._set(response, self.session, token)  # a session cookie: gone with the browser
@@ -111,8 +112,7 @@ class Cookies:
         return "__Host-hg_device" if self.secure else "hg_device"
 
     def set_device(self, response: web.StreamResponse, value: str, max_age: int) -> None:
-        response.set_cookie(self.device, value, path="/", httponly=True, samesite="Strict",
-                            secure=self.secure, max_age=max_age)
+        self._set(response, self.device, value, max_age)
 
 
 class Guard:
