@@ -124,10 +124,11 @@ async def test_a_birth_message_republishes_everything(lab: Lab) -> None:
         seen = len(ha.arrivals)
         await ha.session.publish("homeassistant/status", b"online", qos=1)
         fresh = lambda: {m.topic for m in ha.arrivals[seen:]}  # noqa: E731
-        await until(lambda: set(wanted) <= fresh())
         devices = [d for d, _ in DEVICES]
-        assert {availability_topic(d) for d in devices} <= fresh()
-        assert {f"home-gateway/{d}/state" for d in devices} <= fresh()
+        # Configs, then availability, then states: the states are published last.
+        await until(lambda: set(wanted) <= fresh())
+        await until(lambda: {availability_topic(d) for d in devices} <= fresh())
+        await until(lambda: {f"home-gateway/{d}/state" for d in devices} <= fresh())
         assert lab.daemon.homeassistant.last_birth["payload"] == "online"
         # Its will ("offline") is recorded but republishes nothing.
         seen = len(ha.arrivals)
