@@ -16,6 +16,7 @@ from gateway.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from gateway.control import ControlError, request
 from gateway.devices.kinds import KINDS
 from gateway.devices.registry import DeviceError, Registry
+from gateway.logthrottle import Throttle
 from gateway.store import StoreError
 
 EXIT_INVALID = 2
@@ -37,6 +38,8 @@ def setup_logging(level: str = "info") -> None:
     if not stderr_is_journal():
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(Throttle())
 
 
 def _config_path(args: argparse.Namespace) -> Path:

@@ -64,6 +64,12 @@ def find_plugin() -> str:
     return found[0]
 
 
+# Each listener's share of the broker's descriptors (the unit's LimitNOFILE=8192 holds four
+# listeners at this limit and Mosquitto's own files); one over it is accepted and closed at
+# once. One host's share of it is bounded by the firewall (docs/SECURITY.md).
+MAX_CONNECTIONS_PER_LISTENER = 1000
+
+
 def render_mosquitto_conf(files: BrokerFiles, listeners: Sequence[ListenerSpec],
                           max_packet_size: int, plugin: str, run_as_root: bool) -> str:
     lines = [
@@ -90,7 +96,8 @@ def render_mosquitto_conf(files: BrokerFiles, listeners: Sequence[ListenerSpec],
         # root-owned state dir. The packaged service runs as its own unprivileged user.
         lines.append("user root")
     for listener in listeners:
-        lines.append(f"listener {listener.port} {listener.address}")
+        lines += [f"listener {listener.port} {listener.address}",
+                  f"max_connections {MAX_CONNECTIONS_PER_LISTENER}"]
         if listener.tls:
             lines += [f"certfile {files.server_cert}", f"keyfile {files.server_key}",
                       "tls_version tlsv1.2"]

@@ -119,16 +119,17 @@ def _first_lines(text: str, n: int = 4) -> str:
 # --- comparing what was rendered with what the kernel holds (pure) ---------------------------
 
 _EXPIRES = re.compile(r" expires [0-9hmsd]+")
-_DNS_SET = re.compile(r"^\s*set dns_")
+_SELF_CHANGING_SET = re.compile(r"^\s*set (?:dns|conns)_")
 
 
 def normalize_listing(listing: str) -> str:
-    """`nft -s list table` output without what changes by itself: the timed DNS sets'
-    elements (refreshed in place) and expiry countdowns."""
+    """`nft -s list table` output without what changes by itself: the elements of the timed
+    DNS sets (refreshed in place) and of the connection-count sets (filled by packets), and
+    expiry countdowns."""
     out: list[str] = []
     skipping = False
     for line in listing.splitlines():
-        if _DNS_SET.match(line):
+        if _SELF_CHANGING_SET.match(line):
             skipping = True
             out.append(line)
             continue
@@ -137,7 +138,7 @@ def normalize_listing(listing: str) -> str:
             if stripped == "}":
                 skipping = False
                 out.append(line)
-            elif stripped.startswith(("type ", "flags ", "timeout ")):
+            elif stripped.startswith(("type ", "flags ", "timeout ", "size ")):
                 out.append(line)
             continue  # the elements
         out.append(_EXPIRES.sub("", line))

@@ -52,7 +52,7 @@ _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
 HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
 
 # One named counter and one log prefix per class; docs/firewall.md says what each means.
-DROP_CLASSES = ("inbound", "quarantine", "egress", "lateral", "upnp", "spoof")
+DROP_CLASSES = ("inbound", "quarantine", "egress", "lateral", "upnp", "spoof", "flood")
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,10 @@ _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")  # shown in element
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 # ICMPv6 that IPv6 cannot work without (RFC 4890); errors also pass as "related".
+# A host's open connections to the gateway's listeners (a device needs one, a browser ~6
+# and an event stream per tab, Home Assistant two); the hosts counted at once.
+MAX_CONNECTIONS_PER_HOST = 32
+CONNECTION_HOSTS = 65535
 _ICMPV6_ERRORS = "destination-unreachable, packet-too-big, time-exceeded, parameter-problem"
 _ICMPV6_LINK = ("nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query, "
                 "mld-listener-report, mld-listener-done, mld2-listener-report")
@@ -385,10 +389,13 @@ class _Set:
     flags: tuple[str, ...] = ()
     elements: tuple[_Element, ...] = ()
     is_map: bool = False
+    size: int | None = None
 
     def render(self) -> list[str]:
         kind = "map" if self.is_map else "set"
         lines = [f"\t{kind} {self.name} {{", f"\t\ttype {self.type}"]
+        if self.size is not None:
+            lines.append(f"\t\tsize {self.size}")
         if self.flags:
             lines.append(f"\t\tflags {', '.join(self.flags)}")
         if self.elements:
@@ -464,6 +471,14 @@ def _dns_sets(inp: FirewallInput) -> list[_Set]:
     return sets
 
 
+def _connection_limit(ports: str) -> list[str]:
+    """New connections to `ports` beyond a host's share: one host (a hostile device, a LAN
+    machine) cannot take every connection a listener has (the broker's, the admin page's)."""
+    return [f"tcp dport {ports} ct state new add @conns_v{v} {{ {family} saddr ct count over "
+            f"{MAX_CONNECTIONS_PER_HOST} }} goto drop_flood"
+            for v, family in ((4, "ip"), (6, "ip6"))]
+
+
 def _drop_chain(cls: str, per_minute: int) -> list[str]:
     prefix = LOG_PREFIX.format(cls)
     return [
@@ -495,6 +510,9 @@ def render_ruleset(inp: FirewallInput) -> str:
         _addr_set("lan_v6", 6, inp.lan_subnets, interval=True),
         _port_set("admin_tcp", inp.services.admin_tcp),
         _port_set("ha_tcp", inp.services.ha_tcp),
+        # Each host's open connections to the gateway's services (connlimit per element).
+        _Set("conns_v4", "ipv4_addr", ("dynamic",), size=CONNECTION_HOSTS),
+        _Set("conns_v6", "ipv6_addr", ("dynamic",), size=CONNECTION_HOSTS),
     ]
     chains = [_drop_chain(cls, inp.log_per_minute) for cls in DROP_CLASSES]
     input_dispatch = [f"iifname {up} goto in_uplink"]
@@ -524,6 +542,8 @@ def render_ruleset(inp: FirewallInput) -> str:
             "udp dport 5353 ip daddr 224.0.0.251 accept",
             "udp dport 5353 ip6 daddr ff02::fb accept",
             "ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept",  # DHCPv6 client
+            *_connection_limit("@admin_tcp"),
+            *_connection_limit("@ha_tcp"),
             "ip saddr @lan_v4 tcp dport @admin_tcp accept",
             "ip6 saddr @lan_v6 tcp dport @admin_tcp accept",
             "ip saddr @lan_v4 tcp dport @ha_tcp accept",
@@ -583,6 +603,7 @@ def _iot_chains(up: str, iot: str, masquerade: bool) -> list[list[str]]:
             "ip6 saddr fe80::/10 udp dport 547 accept",  # DHCPv6 server
             "meta l4proto { tcp, udp } th dport 53 accept",  # DNS
             "udp dport 123 accept",  # NTP
+            *_connection_limit("@device_tcp"),
             "tcp dport @device_tcp accept",  # the broker's device listener
             "udp dport 5353 ip daddr 224.0.0.251 accept",
             "udp dport 5353 ip6 daddr ff02::fb accept",

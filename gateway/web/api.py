@@ -49,6 +49,7 @@ from gateway.store import (
 )
 from gateway.web.accounts import DEVICE_COOKIE_LIFETIME_S, Accounts, Principal
 from gateway.web.auth import qr_svg
+from gateway.web.gate import BODY_TIMEOUT_S
 from gateway.web.openapi import document
 from gateway.web.schema import Body, BodyError, Bool, Int, Obj, Str
 
@@ -142,7 +143,12 @@ def reply(data: Any, status: int = 200) -> web.Response:
 
 async def body_of(request: web.Request, body: Body) -> dict[str, Any]:
     try:
-        return body.parse(await request.read(), request.content_type)
+        raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+    except TimeoutError:
+        raise HttpError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s"
+                        ) from None
+    try:
+        return body.parse(raw, request.content_type)
     except BodyError as exc:
         raise HttpError(exc.status, str(exc)) from None
 

@@ -41,6 +41,7 @@ from gateway.web.api import (
     Route,
 )
 from gateway.web.auth import retry_after_header
+from gateway.web.gate import KEEPALIVE_S, Gate, GatedListener
 from gateway.web.pages import PAGES, Page, render_error
 
 if TYPE_CHECKING:
@@ -310,6 +311,9 @@ class WebServer:
         self.key = state_dir / "web" / "server.key"
         self.accounts = accounts
         self._runners: list[web.AppRunner] = []
+        self._servers: list[asyncio.Server] = []
+        self._listeners: list[GatedListener] = []
+        self.gate = Gate()
         self.urls: list[str] = []
 
     def _needs_tls(self, host: str) -> bool:
@@ -342,16 +346,19 @@ class WebServer:
         # One app per kind of listener: whether cookies are Secure depends on it.
         apps = {secure: make_app(self.daemon, self.accounts, secure, hosts)
                 for secure in {self._needs_tls(h) for h, _ in listen}}
+        loop = asyncio.get_running_loop()
         for secure, app in apps.items():
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
             await runner.setup()
             self._runners.append(runner)
+            assert runner.server is not None
+            listener = GatedListener(self.gate, runner.server, context if secure else None)
+            self._listeners.append(listener)
             for host, port in listen:
                 if self._needs_tls(host) != secure:
                     continue
-                site = web.TCPSite(runner, host, port, ssl_context=context if secure else None,
-                                   reuse_address=True)
-                await site.start()
+                self._servers.append(await loop.create_server(listener, host, port,
+                                                              reuse_address=True))
                 scheme = "https" if secure else "http"
                 shown = f"[{host}]" if ":" in host else host
                 self.urls.append(f"{scheme}://{shown}:{port}/")
@@ -360,6 +367,14 @@ class WebServer:
     async def stop(self) -> None:
         for runner in self._runners:
             runner.app[STOPPING].set()  # ends the event streams
+        for server in self._servers:
+            server.close()
         for runner in self._runners:
             await runner.cleanup()
+        for listener in self._listeners:
+            listener.close_all()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        self._listeners.clear()
         self._runners.clear()

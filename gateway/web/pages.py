@@ -114,6 +114,7 @@ DROP_MEANINGS = {
     "lateral": "from one device to another without a profile allowing the pair",
     "upnp": "a device trying to open ports in the home router (UPnP, NAT-PMP)",
     "spoof": "a source address its sender may not use",
+    "flood": "one host opening more connections to the gateway than any needs",
 }
 POLICY_MEANINGS = {
     "quarantine": "only the gateway's own services (DHCP, DNS, NTP, the broker); every new "

@@ -34,7 +34,7 @@ DEVICES = [("porch-cam", "camera", "Porch camera", "192.0.2.10"),
            ("hall-sensor", "sensor", "Hall sensor", "192.0.2.12"),
            ("garage-plug", "plug", "Garage plug", "192.0.2.13"),
            ("old-bulb", "bulb", "Old bulb", None)]
-CLASSES = ("inbound", "quarantine", "egress", "lateral", "upnp", "spoof")
+CLASSES = ("inbound", "quarantine", "egress", "lateral", "upnp", "spoof", "flood")
 
 
 async def accept(dialog: Dialog) -> None:

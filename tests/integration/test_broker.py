@@ -19,7 +19,7 @@ from gateway.credentials.secrets import load_or_create_login
 from gateway.devices.topics import bridge_state_topic, device_topic
 from gateway.mqtt import Endpoint, Message, MqttSession
 from gateway.sim.lab import Lab, free_port, start_lab
-from tests.hostile import HOSTILE_CLIENT_IDS
+from tests.hostile.corpus import HOSTILE_CLIENT_IDS
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> float:

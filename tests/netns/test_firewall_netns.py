@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
-from gateway.firewall.render import count_rules, render_remove
+from gateway.firewall.model import DROP_CLASSES
+from gateway.firewall.render import MAX_CONNECTIONS_PER_HOST, count_rules, render_remove
+from tests.hostile.flood import flooding
 from tests.integration.daemon_proc import REPO
 from tests.netns.conftest import (
     ADMIN,
@@ -209,9 +211,12 @@ import asyncio, ssl, sys
 sys.path.insert(0, sys.argv[1])
 from gateway.mqtt import Endpoint, make_client
 host, port, user, password, ca = sys.argv[2:7]
+topic = sys.argv[7] if len(sys.argv) > 7 else None  # then publish there, QoS 1 (acknowledged)
 async def main():
     tls = ssl.create_default_context(cafile=ca)
-    async with make_client(Endpoint(host, int(port), user, password, tls), "newbie"):
+    async with make_client(Endpoint(host, int(port), user, password, tls), "newbie") as client:
+        if topic:
+            await client.publish(topic, b'{"motion": true}', qos=1)
         await asyncio.sleep(0.5)
 asyncio.run(asyncio.wait_for(main(), 20))
 print("connected")
@@ -342,12 +347,54 @@ def test_every_drop_class_counter_rises(net: Net, lab: Lab) -> None:
         "stranger": [udp(CLOUD, 9999, src=CAM.v4)],  # spoof
     })
     after = lab.counters()
-    for cls in ("inbound", "quarantine", "egress", "lateral", "upnp", "spoof"):
+    classes = ("inbound", "quarantine", "egress", "lateral", "upnp", "spoof")
+    assert set(DROP_CLASSES) - set(classes) == {"flood"}  # the flood test's own
+    for cls in classes:
         assert rise(before, after, cls) >= 1, cls
         assert after[cls][1] > before[cls][1], cls
     # The daemon reports them too (it reads them at each check, every second here).
-    wait_until(lambda: all(net.firewall()["dropped"][c] > shown[c] for c in shown), SETTLE_S,
-               "the daemon's status to show every class rising")
+    wait_until(lambda: all(net.firewall()["dropped"][c] > shown[c] for c in classes),
+               SETTLE_S, "the daemon's status to show every class rising")
+
+
+def test_one_host_cannot_take_the_brokers_connections(net: Net, lab: Lab) -> None:
+    """A hostile device holds thousands of idle connections open to the broker's device
+    listener (Mosquitto keeps one that never sends CONNECT for ~95 s): the firewall holds
+    it to its share, and a device that enrols meanwhile logs in and publishes."""
+    before = lab.counters()
+    stranger = DEV["stranger"]
+    added = net.gateway.device("add", "newbie", "--kind", "camera")
+    assert added.returncode == 0, added.stderr
+    try:
+        fields = dict(line.split(":", 1) for line in added.stdout.splitlines() if ":" in line)
+        ca = net.gateway.state_dir / "pki" / "ca.crt"
+        login = (sys.executable, "-c", LOGIN, str(REPO), GW_IOT, str(BROKER),
+                 fields["username"].strip(), fields["password"].strip(), str(ca))
+        # Its first login places it in the ruleset (a whole new table, whose connection
+        # counts start afresh: see docs/SECURITY.md); the flood comes after.
+        assert "connected" in lab.exec("newbie", *login, timeout=40).stdout
+        wait_until(lambda: "newbie" in {d["id"] for d in net.firewall_devices()
+                                        if DEV["newbie"].v4 in d["addresses"]},
+                   SETTLE_S, "the gateway to learn newbie's address")
+        applies = wait_until(lambda: (lambda before: before if time.sleep(2) or
+                                      net.firewall()["applies"] == before else None)(
+                                          net.firewall()["applies"]),
+                             SETTLE_S, "the firewall to settle")
+        prefix = ("ip", "netns", "exec", lab.ns("stranger"))
+        with flooding(GW_IOT, BROKER, stranger.v4, 2000, 60, "idle", prefix) as flood:
+            time.sleep(3)
+            held = lab.exec("gw", "ss", "-Htn", "state", "established",
+                            f"( sport = :{BROKER} and dst {stranger.v4} )").stdout
+            done = lab.exec("newbie", *login, "devices/newbie/telemetry", timeout=40)
+        assert net.firewall()["applies"] == applies  # the flood changed nothing in the table
+        assert "connected" in done.stdout, done.stderr
+        assert len(held.splitlines()) <= MAX_CONNECTIONS_PER_HOST, held
+        assert flood["most_held"] <= MAX_CONNECTIONS_PER_HOST, flood  # the rest: dropped
+        assert rise(before, lab.counters(), "flood") > 0
+    finally:
+        net.gateway.device("remove", "newbie")
+        wait_until(lambda: 'comment "newbie"' not in (lab.listing() or 'comment "newbie"'),
+                   SETTLE_S, "newbie's removal to reach the ruleset")
 
 
 def test_the_ruleset_replaces_only_its_own_table(net: Net, lab: Lab) -> None:

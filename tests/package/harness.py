@@ -3,11 +3,12 @@ the installed daemon the way its systemd unit says. Used by the package tests an
 bench/package.py.
 
 systemd is not PID 1 here, so `Machine.start_gateway` does what the unit asks of systemd:
-the unit's ExecStart as its User= with its AmbientCapabilities= (and nothing else),
-NoNewPrivileges, MemoryDenyWriteExecute, SystemCallFilter, RestrictAddressFamilies,
-ProtectSystem=strict with PrivateTmp and ProtectHome, its StateDirectory/RuntimeDirectory
-with their modes, its UMask, and a NOTIFY_SOCKET of the caller's. (Not emulated: the other
-Protect* settings and the rest of the sandbox.) Every process is ended by its PID and the
+the unit's ExecStart as its User= with its AmbientCapabilities= (and nothing else), its
+LimitNOFILE, NoNewPrivileges, MemoryDenyWriteExecute, SystemCallFilter,
+RestrictAddressFamilies, ProtectSystem=strict with PrivateTmp and ProtectHome, its
+StateDirectory/RuntimeDirectory with their modes, its UMask, and a NOTIFY_SOCKET of the
+caller's. (Not emulated: the other Protect* settings, TasksMax, the memory limits and the
+rest of the sandbox.) Every process is ended by its PID and the
 package purged in `Machine.close`.
 """
 
@@ -335,6 +336,8 @@ class Machine:
                 f"--inh-caps=-all,+{cap}", f"--ambient-caps=-all,+{cap}",
                 f"--bounding-set=-all,+{cap}", "--no-new-privs", "--",
                 "sh", "-c", f'umask {umask} && exec "$@"', "sh", *command]
+        (nofile,) = unit_value(unit, "LimitNOFILE")
+        argv = ["prlimit", f"--nofile={nofile}:{nofile}", "--", *argv]
         if unit_value(unit, "ProtectSystem") == ["strict"]:
             argv = ["unshare", "--mount", "--propagation", "private", "--",
                     "/usr/bin/python3", "-c", SANDBOX, f"{STATE}:{RUNTIME}", *argv]

@@ -80,10 +80,11 @@ def test_tls_listener_gets_its_certificate(tmp_path: Path) -> None:
                  ListenerSpec("::1", 1884, False)]
     lines = conf_lines(tmp_path, listeners)
     start = lines.index("listener 8883 10.0.0.1")
-    assert lines[start + 1:start + 4] == [
+    assert lines[start + 1:start + 5] == [
+        "max_connections 1000",
         f"certfile {tmp_path / 'server.crt'}", f"keyfile {tmp_path / 'server.key'}",
         "tls_version tlsv1.2"]
-    assert lines[start + 4] == "listener 1884 ::1"
+    assert lines[start + 5] == "listener 1884 ::1"
     assert sum(line.startswith(("certfile", "keyfile")) for line in lines) == 2
 
 

@@ -23,7 +23,7 @@ from gateway.credentials.secrets import load_or_create_login
 from gateway.devices.enrollment import EnrollmentError, parse_hello, token_parts
 from gateway.mqtt import login_refused
 from gateway.store import Device, Rotation
-from tests.hostile import HOSTILE_CLIENT_IDS
+from tests.hostile.corpus import HOSTILE_CLIENT_IDS
 
 POLICY = RotationPolicy(period_days=30, ack_timeout_s=600, offline_wait_s=7 * DAY_S,
                         retry_initial_s=300, alert_after=3)

@@ -54,7 +54,7 @@ kind = "door"
 ip = "192.0.2.30"
 policy = "restricted"
 """
-CLASSES = ["inbound", "quarantine", "egress", "lateral", "upnp", "spoof"]
+CLASSES = ["inbound", "quarantine", "egress", "lateral", "upnp", "spoof", "flood"]
 
 
 @pytest.fixture
