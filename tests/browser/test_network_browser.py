@@ -92,7 +92,7 @@ async def test_adopt_block_and_release_on_the_network_page(page: Page, shot: Sho
 
         # The counters, each class explained, with the last hour drawn.
         drops = page.locator("#drops figure")
-        await expect(drops).to_have_count(6)
+        await expect(drops).to_have_count(len(CLASSES))
         inbound = page.locator('#drops figure[data-class="inbound"]')
         await expect(inbound).to_contain_text("a scan")
         await expect(inbound.locator("svg.spark polyline.line")).to_have_attribute(
@@ -185,7 +185,7 @@ async def test_a_viewer_sees_the_network_but_no_button(page: Page, shot: Shot,
         await nav(page).get_by_role("link", name="Network").click()
         await expect(page.locator("#firewall-notice")).to_contain_text(
             "Devices are NOT protected")
-        await expect(page.locator("#drops figure svg.spark")).to_have_count(6)
+        await expect(page.locator("#drops figure svg.spark")).to_have_count(len(CLASSES))
         await expect(page.locator("#fw-quarantine tbody tr")).to_have_count(3)
         await expect(page.locator("#fw-devices #fw-porch-cam .pill")).to_have_text("blocked")
         await expect(page.get_by_role("button")).to_have_count(1)  # "Log out" only
