@@ -11,12 +11,13 @@ cd "$(dirname "$0")"
 # System packages: the broker and firewall the gateway drives, Debian's Python and the
 # Debian builds of the runtime libraries (the Debian worlds run against them), and
 # Debian's chromium for the browser tests (Playwright never downloads a browser here);
-# dnsmasq-base and udhcpc give the netns tests a real DHCP server and client.
+# dnsmasq-base and udhcpc give the netns tests a real DHCP server and client; openssl
+# checks the admin page CA's name constraints as browsers do.
 SYSTEM_PACKAGES=(
   mosquitto nftables iproute2 python3 python3-venv python3-pip
   python3-aiohttp python3-asyncio-mqtt python3-paho-mqtt python3-zeroconf python3-sdnotify
   python3-cryptography python3-jinja2 python3-argon2 python3-pyotp python3-segno
-  python3-dnspython conntrack iperf3 dnsmasq-base udhcpc
+  python3-dnspython conntrack iperf3 dnsmasq-base udhcpc openssl
   chromium fonts-dejavu-core
 )
 # Only for the tests: Debian's packaging tools build, lint and install the .deb;

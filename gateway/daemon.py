@@ -213,7 +213,7 @@ class Daemon:
         self.refused_total = 0
         self.rates = MessageRate(lambda: self.devices.counters.accepted)
         self.accounts = Accounts(self.store)
-        self.web = WebServer(self, config.web, self.pki, config.gateway.state_dir,
+        self.web = WebServer(self, config.web, config.gateway.state_dir,
                              self.accounts)
         self.control = ControlServer(control_socket(config), {
             "status": self._op_status,

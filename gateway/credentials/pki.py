@@ -24,6 +24,10 @@ from gateway.credentials.secrets import write_private
 
 CA_YEARS = 20
 SERVER_DAYS = 397  # the longest validity browsers accept
+# The address ranges a home network uses: loopback, private, shared (CGNAT), link-local, ULA.
+HOME_RANGES = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+    "169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +56,38 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
                              serialization.NoEncryption()).decode()
 
 
-def ensure_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """Load the gateway's CA, creating it on first use."""
+def home_constraints(names: Iterable[str], addresses: Iterable[str]) -> x509.NameConstraints:
+    """Name constraints for a CA that people import into their browsers: it may vouch for
+    the gateway's own names (anything under .local, localhost, a bare host name) and for
+    the home's address ranges plus each address given outside them, and for nothing else
+    (a stolen key cannot impersonate a bank). RFC 5280 §4.2.1.10."""
+    dns = {"local", "localhost"} | {n.lower() for n in names
+                                     if not n.lower().endswith(".local")}
+    ips = {ipaddress.ip_network(a) for a in addresses
+           if not any(ipaddress.ip_address(a) in r for r in HOME_RANGES)}
+    permitted: list[x509.GeneralName] = [x509.DNSName(n) for n in sorted(dns)]
+    permitted += [x509.IPAddress(n) for n in (*HOME_RANGES, *sorted(ips, key=str))]
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
+def permits(cert: x509.Certificate, names: Iterable[str], addresses: Iterable[str]) -> bool:
+    """Does this CA's NameConstraints allow every name and address? (False without any.)"""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    subtrees = constraints.permitted_subtrees or []
+    dns = [s.value.lower() for s in subtrees if isinstance(s, x509.DNSName)]
+    nets = [s.value for s in subtrees if isinstance(s, x509.IPAddress)
+            and isinstance(s.value, ipaddress.IPv4Network | ipaddress.IPv6Network)]
+    return (all(any(n.lower() == d or n.lower().endswith("." + d) for d in dns)
+                for n in names)
+            and all(any(ipaddress.ip_address(a) in net for net in nets) for a in addresses))
+
+
+def ensure_ca(pki: Pki, constraints: x509.NameConstraints | None = None,
+              purpose: str = "CA") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """Load the CA, creating it on first use (with `constraints`, when given)."""
     if pki.ca_cert.exists() and pki.ca_key.exists():
         cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
         key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
@@ -62,10 +96,11 @@ def ensure_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Home Gateway"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"Home Gateway CA on {socket.gethostname()}"),
+        x509.NameAttribute(NameOID.COMMON_NAME,
+                           f"Home Gateway {purpose} on {socket.gethostname()}"),
     ])
     now = _now()
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -78,8 +113,11 @@ def ensure_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
                                      encipher_only=False, decipher_only=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                        critical=False)
-        .sign(key, hashes.SHA256())
     )
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=True)
+    cert = builder.sign(key, hashes.SHA256())
+    pki.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_private(pki.ca_key, _pem_key(key))
     pki.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert, key

@@ -23,9 +23,17 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from aiohttp import web, web_response
+from cryptography import x509
 
 from gateway.config import WebConfig, is_loopback, split_listen
-from gateway.credentials.pki import Pki, host_names, issue_server_cert
+from gateway.credentials.pki import (
+    Pki,
+    ensure_ca,
+    home_constraints,
+    host_names,
+    issue_server_cert,
+    permits,
+)
 from gateway.web.accounts import Accounts, AuthError, Principal
 from gateway.web.api import (
     ACCESS,
@@ -300,14 +308,15 @@ def make_app(daemon: Daemon, accounts: Accounts, secure: bool,
 
 class WebServer:
     """Serves the admin app on every `web.listen` address: HTTPS unless the address is
-    loopback (and `web.tls` is "auto"); the certificate comes from the gateway's CA."""
+    loopback (and `web.tls` is "auto"); the certificate comes from the page's own CA
+    (`web/ca.crt`), which name constraints limit to the home's names and addresses."""
 
-    def __init__(self, daemon: Daemon, config: WebConfig, pki: Pki, state_dir: Path,
+    def __init__(self, daemon: Daemon, config: WebConfig, state_dir: Path,
                  accounts: Accounts) -> None:
         self.daemon = daemon
         self.config = config
-        self.pki = pki
         self.cert = state_dir / "web" / "server.crt"
+        self.ca = Pki(state_dir / "web")  # web/ca.crt: what browsers import
         self.key = state_dir / "web" / "server.key"
         self.accounts = accounts
         self._runners: list[web.AppRunner] = []
@@ -322,11 +331,27 @@ class WebServer:
     def _ssl_context(self, hosts: list[str]) -> ssl.SSLContext:
         addresses = [h for h in hosts if h != "localhost"]
         self.cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        issue_server_cert(self.pki, self.cert, self.key, host_names(), addresses)
+        self._admin_ca(host_names(), addresses)
+        issue_server_cert(self.ca, self.cert, self.key, host_names(), addresses)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self.cert, self.key)
         return context
+
+    def _admin_ca(self, names: list[str], addresses: list[str]) -> None:
+        """The page's own CA, apart from the one devices pin: people import it into their
+        browsers, so it is constrained to the home's names and addresses. It is made anew
+        (and must be imported again) only when the host name or a listen address leaves
+        what it covers."""
+        if self.ca.ca_cert.exists():
+            current = x509.load_pem_x509_certificate(self.ca.ca_cert.read_bytes())
+            if permits(current, names, addresses):
+                return
+            log.warning("admin page: a new certificate authority for the page (%s), as the "
+                        "old one does not cover %s: import it into browsers again",
+                        self.ca.ca_cert, ", ".join([*names, *addresses]))
+            self.ca.ca_cert.unlink()
+        ensure_ca(self.ca, home_constraints(names, addresses), "admin page CA")
 
     def allowed_hosts(self) -> set[str]:
         """Names a browser may use for the page; anything else is DNS rebinding."""

@@ -339,7 +339,12 @@ async def test_tls_listener_sets_hsts_and_host_prefixed_secure_cookie(tmp_path: 
         assert {host, f"{host}.local"} <= set(san.get_values_for_type(x509.DNSName))
         assert "127.0.0.1" in {str(a) for a in san.get_values_for_type(x509.IPAddress)}
         assert oct(lab.daemon.web.key.stat().st_mode & 0o777) == "0o600"
-        context = ssl.create_default_context(cafile=str(lab.daemon.pki.ca_cert))
+        # Issued by the page's own, name-constrained CA, not by the one devices pin.
+        assert lab.daemon.web.ca.ca_cert != lab.daemon.pki.ca_cert
+        issuer = x509.load_pem_x509_certificate(lab.daemon.web.ca.ca_cert.read_bytes())
+        assert cert.issuer == issuer.subject
+        assert issuer.extensions.get_extension_for_class(x509.NameConstraints).critical
+        context = ssl.create_default_context(cafile=str(lab.daemon.web.ca.ca_cert))
         connector = aiohttp.TCPConnector(ssl=context)
         jar = aiohttp.CookieJar(unsafe=True)
         async with aiohttp.ClientSession(connector=connector, cookie_jar=jar) as http:
