@@ -17,12 +17,15 @@ import logging
 import secrets
 import ssl
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from aiohttp import web, web_response
+from aiohttp.web_protocol import RequestHandler
 from cryptography import x509
 
 from gateway.config import WebConfig, is_loopback, split_listen
@@ -276,13 +279,50 @@ async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResp
     return response
 
 
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+async def _security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
     response.headers["Server"] = SERVER_NAME
     if request.secure:
         response.headers["Strict-Transport-Security"] = HSTS
     if not request.path.startswith("/static/"):
         response.headers.setdefault("Cache-Control", "no-store")
+
+
+class _Unparsable(RequestHandler):
+    """aiohttp's protocol, except for a request it cannot parse (a port scan, a fuzzer, a
+    TLS hello on a plain port): aiohttp's answer echoes the raw bytes without the page's
+    security headers and logs a traceback per probe; this answers the status alone, with
+    the headers, and logs one (throttled) line."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> web.StreamResponse:
+        if status >= 500:  # a fault of ours: keep aiohttp's traceback in the log
+            return super().handle_error(request, status, exc, message)
+        log.info("admin page: answered %d to %s (%s)", status, request.remote,
+                 type(exc).__name__ if exc else "no detail")
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already under way")
+        response = web.Response(status=status, text=f"{status} {HTTPStatus(status).phrase}\n")
+        response.headers.update(SECURITY_HEADERS)
+        response.headers["Server"] = SERVER_NAME
+        response.headers["Cache-Control"] = "no-store"
+        if request.secure:
+            response.headers["Strict-Transport-Security"] = HSTS
+        response.force_close()
+        return response
+
+
+def _answering_unparsable_plainly(server: web.Server) -> Callable[[], asyncio.Protocol]:
+    """aiohttp's protocol factory, its handlers made _Unparsable (same slots: only
+    handle_error differs)."""
+    def make() -> asyncio.Protocol:
+        handler = server()
+        handler.__class__ = _Unparsable
+        return handler
+    return make
 
 
 def make_app(daemon: Daemon, accounts: Accounts, secure: bool,
@@ -377,7 +417,8 @@ class WebServer:
             await runner.setup()
             self._runners.append(runner)
             assert runner.server is not None
-            listener = GatedListener(self.gate, runner.server, context if secure else None)
+            listener = GatedListener(self.gate, _answering_unparsable_plainly(runner.server),
+                                     context if secure else None)
             self._listeners.append(listener)
             for host, port in listen:
                 if self._needs_tls(host) != secure:
