@@ -45,10 +45,28 @@ if TYPE_CHECKING:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Control and format characters (Unicode Cc and Cf, but tab and newline): in text a
+# stranger controls (a device's or a discovered host's name, a client id) they hide or
+# reorder what is shown: U+202E turns "plug\u202egnp.exe" around, U+200B makes two names
+# that look alike differ. Every page shows them escaped, as \u202e; app.js does the same.
+INVISIBLE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891"
+    "\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff"
+    "\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]")
+
+
+def visible(value: Any) -> Any:
+    """A template value with its invisible characters shown (markup is left alone)."""
+    if isinstance(value, str) and not hasattr(value, "__html__"):  # Markup is not text
+        return INVISIBLE.sub(lambda m: f"\\u{ord(m[0]):04x}", value)
+    return value
+
+
 ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("gateway.web", "templates"),
     autoescape=True, trim_blocks=True, lstrip_blocks=True,
-    undefined=jinja2.StrictUndefined,
+    undefined=jinja2.StrictUndefined, finalize=visible,
 )
 
 

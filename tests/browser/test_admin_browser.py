@@ -16,6 +16,7 @@ import pytest
 from playwright.async_api import Locator, Page, expect
 
 from gateway.sim.lab import Lab
+from gateway.web import pages
 from tests.browser.conftest import Shot
 from tests.web.kit import ADMIN, VIEWER, add_user, base_url
 
@@ -310,3 +311,23 @@ async def test_totp_enrol_and_login(gw: Lab, page: Page, shot: Shot) -> None:
     await expect(page.locator("#totp .pill")).to_have_text("On")
     await expect(page.locator("#totp")).to_contain_text("9 recovery codes left.")
     await shot()
+
+
+async def test_the_page_script_escapes_the_same_characters_as_the_server(
+        gw: Lab, page: Page) -> None:
+    """Live updates (app.js) and rendered pages (pages.INVISIBLE) show the same characters
+    escaped: every code point is tried in chromium and in Python."""
+    await page.goto(f"{base_url(gw)}/login")
+    in_browser = await page.evaluate("""() => {
+        const out = [];
+        for (let cp = 0; cp <= 0x10ffff; cp++) {
+            if (cp >= 0xd800 && cp <= 0xdfff) continue;
+            const s = String.fromCodePoint(cp);
+            if (visible(s) !== s) out.push(cp);
+        }
+        return out;
+    }""")
+    in_python = [cp for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF
+                 and pages.visible(chr(cp)) != chr(cp)]
+    assert in_browser == in_python
+    assert await page.evaluate("visible('plug\\u202egnp.exe')") == "plug\\u202egnp.exe"

@@ -16,6 +16,7 @@ import yarl
 from cryptography import x509
 
 from gateway.sim.lab import Lab
+from gateway.store import Discovered
 from gateway.web.api import ROUTES
 from gateway.web.app import CSP
 from gateway.web.pages import PAGES
@@ -404,3 +405,23 @@ async def test_expired_idle_sessions_are_purged_from_the_store(web: Lab) -> None
     accounts.clock = real
     assert web.daemon.store.db.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
 
+
+
+async def test_invisible_characters_in_a_strangers_text_are_shown_escaped(web: Lab) -> None:
+    """A device on the segment names itself with U+202E (right-to-left override) and U+200B
+    (zero-width space): every page shows them as \\u202e and \\u200b, never as they are."""
+    now = time.time()
+    web.daemon.store.upsert_discovered(Discovered(
+        key="mdns:plug\u202egnp.exe._http._tcp.local.", source="mdns",
+        name="plug\u202egnp.exe._http._tcp.local.", type="_http._tcp.local.",
+        addresses=("192.0.2.9",), port=80, txt={"model": "X\u200bY"}, mac=None,
+        hostname="pl\u200bug", first_seen=now - 5, last_seen=now, present=True), 500)
+    web.daemon.store.audit("system", "device.address", "learned", target="sec-plug-1",
+                           detail="client id plug\u202egnp.exe")
+    async with browser(web) as b:
+        await b.login(*ADMIN)
+        for path in ("/devices", "/audit"):
+            status, html = await b.page(path)
+            assert status == 200, path
+            assert "\u202e" not in html and "\u200b" not in html, path
+            assert "plug\\u202egnp.exe" in html, path

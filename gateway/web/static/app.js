@@ -39,10 +39,18 @@ function collect(form) {
   return body;
 }
 
+// Control and format characters (the list in pages.py's INVISIBLE) in text a stranger
+// controls would hide or reorder what is shown: they are shown escaped, as \u202e.
+const INVISIBLE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}]/gu;
+
+function visible(text) {
+  return String(text).replace(INVISIBLE, (c) => "\\u" + c.codePointAt(0).toString(16).padStart(4, "0"));
+}
+
 function say(form, text, kind) {
   const out = form.querySelector(".result");
   if (!out) return;
-  out.textContent = text;
+  out.textContent = visible(text);
   out.className = "result " + (kind || "");
 }
 
@@ -155,7 +163,7 @@ const done = {
     const out = document.getElementById("discovered-result");
     const item = form.closest("[data-key]");
     const name = item ? item.querySelector(".found-name strong").textContent : res.data.key;
-    out.textContent = res.data.status === "ignored" ? `Ignored ${name}.` : `${name} is back in the list.`;
+    out.textContent = visible(res.data.status === "ignored" ? `Ignored ${name}.` : `${name} is back in the list.`);
     out.className = "result ok";
     refreshFragments();
   },
@@ -364,7 +372,7 @@ function refreshTimes() {
 function setField(name, value, good) {
   const node = document.querySelector(`[data-field="${name}"]`);
   if (!node) return;
-  node.textContent = value;
+  node.textContent = visible(value);
   if (good !== undefined) {
     node.classList.toggle("ok", good);
     node.classList.toggle("bad", !good);
@@ -808,7 +816,7 @@ let privacyShown = null;
 
 function privacySay(text, kind) {
   const out = document.getElementById("privacy-result");
-  out.textContent = text;
+  out.textContent = visible(text);
   out.className = "result " + kind;
 }
 
