@@ -489,6 +489,15 @@ class Daemon:
             status["login"] = self.ha_login.status()
         return status
 
+    def _renew_certificates(self) -> None:
+        """The TLS listeners' certificates are short-lived: renewed before they end."""
+        try:
+            self.web.renew()
+            if self.broker is not None:
+                self.broker.renew()
+        except Exception:
+            log.exception("renewing a TLS certificate failed (tried again shortly)")
+
     def _broker_restarted(self, count: int, reason: str) -> None:
         self.devices.connected = set()  # the old broker's sessions all ended with it
         self.store.audit("system", "broker.restart", "ok", detail=f"{reason}; restart {count}")
@@ -499,6 +508,7 @@ class Daemon:
             await asyncio.sleep(STATUS_INTERVAL_S)
             self.accounts.expire_sessions()
             self._audit_refused_logins()
+            self._renew_certificates()
             if self.ha_login is not None and self.ha_login.due(
                     time.time(), self.config.credentials.rotation_days):
                 try:

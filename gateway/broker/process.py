@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import datetime
 import logging
 import os
 import re
@@ -27,7 +28,13 @@ from gateway.broker.render import (
     render_dynsec,
     render_mosquitto_conf,
 )
-from gateway.credentials.pki import Pki, host_names, issue_server_cert
+from gateway.credentials.pki import (
+    Pki,
+    host_names,
+    issue_server_cert,
+    openssl_conf,
+    renewal_due,
+)
 from gateway.credentials.secrets import hash_password, load_or_create_login, write_private
 from gateway.mqtt import Backoff
 from gateway.store import Store
@@ -212,9 +219,9 @@ class EmbeddedBroker:
         conf = render_mosquitto_conf(self.files, self.listeners, self.max_packet_size,
                                      find_plugin(), run_as_root=os.geteuid() == 0)
         write_private(self.files.conf, conf)
+        write_private(self.files.openssl_conf, openssl_conf())
         if any(listener.tls for listener in self.listeners):
-            issue_server_cert(self.pki, self.files.server_cert, self.files.server_key,
-                              host_names(), certificate_addresses(self.listeners))
+            self._issue()
         # The gateway's own login as its file says now (it is rotated too).
         username, secret = load_or_create_login(self.files.gateway_secret, GATEWAY_USERNAME)
         others = [(name, hash_password(password), acls)
@@ -222,6 +229,22 @@ class EmbeddedBroker:
         dynsec = render_dynsec(hash_password(secret), self.store.credentials(),
                                self.store.live_enrollments(time.time()), username, others)
         write_private(self.files.dynsec, dynsec)
+
+    def _issue(self) -> None:
+        issue_server_cert(self.pki, self.files.server_cert, self.files.server_key,
+                          host_names(), certificate_addresses(self.listeners))
+
+    def renew(self, now: datetime.datetime | None = None) -> bool:
+        """A new certificate for the TLS listeners once the current one is near its end.
+        Mosquitto 2.0 reads it again on SIGHUP: sessions stay, new connections get it."""
+        if (not any(listener.tls for listener in self.listeners) or not self.running
+                or not renewal_due(self.files.server_cert, now)):
+            return False
+        self._issue()
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGHUP)
+        log.info("broker: certificate renewed")
+        return True
 
     async def start(self) -> None:
         self._stopping = False
@@ -247,7 +270,7 @@ class EmbeddedBroker:
             self.executable, "-c", str(self.files.conf),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent,
-            env=broker_environment(),
+            env={**broker_environment(), "OPENSSL_CONF": str(self.files.openssl_conf)},
         )
         asyncio.get_running_loop().create_task(self._read_stderr(self._proc))
         try:

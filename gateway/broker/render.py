@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.credentials.pki import TLS12_CIPHERS
 from gateway.credentials.secrets import PasswordHash
 from gateway.devices.topics import device_acls, enrollment_acls
 from gateway.store import Credential, Enrollment
@@ -46,6 +47,10 @@ class BrokerFiles:
     @property
     def server_key(self) -> Path:
         return self.directory / "server.key"
+
+    @property
+    def openssl_conf(self) -> Path:
+        return self.directory / "openssl.cnf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +105,7 @@ def render_mosquitto_conf(files: BrokerFiles, listeners: Sequence[ListenerSpec],
                   f"max_connections {MAX_CONNECTIONS_PER_LISTENER}"]
         if listener.tls:
             lines += [f"certfile {files.server_cert}", f"keyfile {files.server_key}",
-                      "tls_version tlsv1.2"]
+                      "tls_version tlsv1.2", f"ciphers {TLS12_CIPHERS}"]
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gateway.credentials.secrets import write_private
 
 CA_YEARS = 20
-SERVER_DAYS = 397  # the longest validity browsers accept
+SERVER_DAYS = 90  # short-lived, and renewed while running once RENEW_DAYS are left
+RENEW_DAYS = 30
+# Mozilla's "intermediate" TLS profile: TLS 1.2 and 1.3 (1.3's suites are all in it), these
+# TLS 1.2 suites (no CBC), the groups X25519, P-256 and P-384 (not P-521 or X448).
+TLS12_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305"))
+TLS_GROUPS = "X25519:P-256:P-384"
 # The address ranges a home network uses: loopback, private, shared (CGNAT), link-local, ULA.
 HOME_RANGES = tuple(ipaddress.ip_network(n) for n in (
     "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
@@ -45,6 +54,46 @@ class Pki:
     def ssl_context(self) -> ssl.SSLContext:
         """A client context that trusts only this CA (and checks host names)."""
         return ssl.create_default_context(cafile=str(self.ca_cert))
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A TLS server context in Mozilla's "intermediate" profile. Python before 3.14 can set
+    one group only (set_ecdh_curve): P-256, which every TLS client offers."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    context.set_ecdh_curve("prime256v1")
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def openssl_conf() -> str:
+    """An OpenSSL configuration (for OPENSSL_CONF) holding a program that has no option
+    for them (Mosquitto 2.0) to the same profile: versions, TLS 1.2 suites and groups."""
+    return "\n".join([
+        "# Rendered by home-gateway: Mozilla's intermediate TLS profile for Mosquitto.",
+        "openssl_conf = home_gateway", "[home_gateway]", "ssl_conf = ssl_section",
+        "[ssl_section]", "system_default = tls_profile", "[tls_profile]",
+        "MinProtocol = TLSv1.2", f"CipherString = {TLS12_CIPHERS}", f"Groups = {TLS_GROUPS}",
+        ""])
+
+
+def renewal_due(cert_path: Path, now: datetime.datetime | None = None) -> bool:
+    """Does this server certificate end within RENEW_DAYS (or not exist, or not parse)?"""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError):
+        return True
+    return validity(cert)[1] - (now or _now()) < datetime.timedelta(days=RENEW_DAYS)
+
+
+def validity(cert: x509.Certificate) -> tuple[datetime.datetime, datetime.datetime]:
+    """(not before, not after), aware UTC: cryptography 42+ names them *_utc; bookworm's 38
+    has only the naive ones."""
+    if hasattr(cert, "not_valid_after_utc"):
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    return (cert.not_valid_before.replace(tzinfo=datetime.UTC),
+            cert.not_valid_after.replace(tzinfo=datetime.UTC))
 
 
 def _now() -> datetime.datetime:

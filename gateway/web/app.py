@@ -11,6 +11,7 @@ admin's request, the same checks in the same order.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import hmac
 import logging
@@ -36,6 +37,8 @@ from gateway.credentials.pki import (
     host_names,
     issue_server_cert,
     permits,
+    renewal_due,
+    server_context,
 )
 from gateway.web.accounts import Accounts, AuthError, Principal
 from gateway.web.api import (
@@ -363,20 +366,33 @@ class WebServer:
         self._servers: list[asyncio.Server] = []
         self._listeners: list[GatedListener] = []
         self.gate = Gate()
+        self._context: ssl.SSLContext | None = None  # set once a listener uses TLS
+        self._tls_addresses: list[str] = []
         self.urls: list[str] = []
 
     def _needs_tls(self, host: str) -> bool:
         return self.config.tls == "always" or not is_loopback(host)
 
     def _ssl_context(self, hosts: list[str]) -> ssl.SSLContext:
-        addresses = [h for h in hosts if h != "localhost"]
+        self._tls_addresses = [h for h in hosts if h != "localhost"]
         self.cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._admin_ca(host_names(), addresses)
-        issue_server_cert(self.ca, self.cert, self.key, host_names(), addresses)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.cert, self.key)
-        return context
+        self._issue()
+        self._context = server_context(self.cert, self.key)
+        return self._context
+
+    def _issue(self) -> None:
+        self._admin_ca(host_names(), self._tls_addresses)
+        issue_server_cert(self.ca, self.cert, self.key, host_names(), self._tls_addresses)
+
+    def renew(self, now: datetime.datetime | None = None) -> bool:
+        """A new certificate for the page once the current one is near its end; the
+        running listeners use it for every new connection. True when renewed."""
+        if self._context is None or not renewal_due(self.cert, now):
+            return False
+        self._issue()
+        self._context.load_cert_chain(self.cert, self.key)
+        log.info("admin page: certificate renewed")
+        return True
 
     def _admin_ca(self, names: list[str], addresses: list[str]) -> None:
         """The page's own CA, apart from the one devices pin: people import it into their

@@ -20,6 +20,7 @@ from gateway.broker.render import (
     render_dynsec,
     render_mosquitto_conf,
 )
+from gateway.credentials.pki import TLS12_CIPHERS
 from gateway.credentials.secrets import PasswordHash, hash_password
 from gateway.devices.topics import (
     DEVICE_RECEIVES,
@@ -80,11 +81,11 @@ def test_tls_listener_gets_its_certificate(tmp_path: Path) -> None:
                  ListenerSpec("::1", 1884, False)]
     lines = conf_lines(tmp_path, listeners)
     start = lines.index("listener 8883 10.0.0.1")
-    assert lines[start + 1:start + 5] == [
+    assert lines[start + 1:start + 6] == [
         "max_connections 1000",
         f"certfile {tmp_path / 'server.crt'}", f"keyfile {tmp_path / 'server.key'}",
-        "tls_version tlsv1.2"]
-    assert lines[start + 5] == "listener 1884 ::1"
+        "tls_version tlsv1.2", f"ciphers {TLS12_CIPHERS}"]
+    assert lines[start + 6] == "listener 1884 ::1"
     assert sum(line.startswith(("certfile", "keyfile")) for line in lines) == 2
 
 
