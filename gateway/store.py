@@ -893,6 +893,11 @@ class Store:
             cur = self.db.execute("DELETE FROM api_tokens WHERE id = ?", (id,))
         return cur.rowcount > 0
 
+    def delete_api_tokens(self, username: str) -> int:
+        with self.transaction():
+            cur = self.db.execute("DELETE FROM api_tokens WHERE username = ?", (username,))
+        return cur.rowcount
+
     def touch_api_token(self, id: str, now: float) -> None:
         with self.transaction():
             self.db.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, id))

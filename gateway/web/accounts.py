@@ -270,15 +270,20 @@ class Accounts:
 
     # -- own account -------------------------------------------------------------------
 
+    async def _confirm_password(self, principal: Principal, password: str, action: str,
+                                address: str) -> User:
+        """An account change that needs the password again: throttled like a login."""
+        keys = [f"user:{principal.username.lower()}", f"addr:{address}"]
+        self._check_throttle(keys, action, address)
+        user = self._user(principal.username)
+        if not await _verify(user.password, password):
+            self._fail(keys, action, user.username, address, "wrong password")
+            raise AuthError(403, "the password is wrong")
+        return user
+
     async def change_password(self, principal: Principal, current: str, new: str,
                               address: str) -> None:
-        keys = [f"user:{principal.username.lower()}", f"addr:{address}"]
-        self._check_throttle(keys, "password.change", address)
-        user = self._user(principal.username)
-        if not await _verify(user.password, current):
-            self._fail(keys, "password.change", user.username, address,
-                       "wrong current password")
-            raise AuthError(403, "the current password is wrong")
+        user = await self._confirm_password(principal, current, "password.change", address)
         if current == new:
             raise AuthError(400, "new_password: is the same as the current one")
         problem = auth.password_problem(new, user.username)
@@ -320,14 +325,24 @@ class Accounts:
         return codes
 
     async def disable_totp(self, principal: Principal, password: str, address: str) -> None:
-        keys = [f"user:{principal.username.lower()}", f"addr:{address}"]
-        self._check_throttle(keys, "totp.disable", address)
-        user = self._user(principal.username)
-        if not await _verify(user.password, password):
-            self._fail(keys, "totp.disable", user.username, address, "wrong password")
-            raise AuthError(403, "the password is wrong")
+        user = await self._confirm_password(principal, password, "totp.disable", address)
         self.store.set_totp(user.username, None, [])
         self.store.audit(principal.actor, "totp.disable", "ok", target=user.username)
+
+    async def end_everywhere(self, principal: Principal, password: str,
+                             address: str) -> tuple[int, int]:
+        """Every other session of this user ends and every API token of theirs is revoked
+        (a password change ends the sessions only: scripts keep their tokens). Returns
+        (sessions ended, tokens revoked)."""
+        user = await self._confirm_password(principal, password, "account.end_all", address)
+        ended = self.store.delete_sessions(
+            username=user.username,
+            except_digest=principal.session.digest if principal.session else None)
+        revoked = self.store.delete_api_tokens(user.username)
+        self.store.audit(principal.actor, "account.end_all", "ok", target=user.username,
+                         detail=f"{ended} other session(s) ended, {revoked} API token(s) "
+                                "revoked")
+        return ended, revoked
 
     # -- users (admins) ----------------------------------------------------------------
 

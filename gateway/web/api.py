@@ -1220,7 +1220,14 @@ async def confirm_totp(request: web.Request) -> web.StreamResponse:
     return reply({"recovery_codes": codes})
 
 
-DISABLE_TOTP = Body({"password": Str(1, 1024)})
+DISABLE_TOTP = PASSWORD_AGAIN = Body({"password": Str(1, 1024)})
+
+
+async def end_everywhere(request: web.Request) -> web.StreamResponse:
+    data = await body_of(request, PASSWORD_AGAIN)
+    ended, revoked = await accounts_of(request).end_everywhere(
+        principal_of(request), data["password"], client_address(request))
+    return reply({"sessions_ended": ended, "tokens_revoked": revoked})
 
 
 async def disable_totp(request: web.Request) -> web.StreamResponse:
@@ -1425,6 +1432,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{P}/account/password", change_password, "account",
           "Change one's password (the current one is required; other sessions end)",
           body=CHANGE_PASSWORD, response="Changed", errors=(400, 403, 429)),
+    Route("POST", f"{P}/account/end-everywhere", end_everywhere, "account",
+          "End every other session and revoke every API token of one's own (the password "
+          "is required)", body=PASSWORD_AGAIN, response="EndedEverywhere",
+          errors=(400, 403, 429)),
     Route("POST", f"{P}/account/totp", begin_totp, "account",
           "Start enrolling an authenticator app: a secret and its QR code",
           response="TotpSecret", errors=(409,)),

@@ -391,6 +391,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "TotpSecret": _obj({"secret": STR, "uri": STR, "qr_svg": STR}),
     "RecoveryCodes": _obj({"recovery_codes": {"type": "array", "items": STR}}),
     "TotpOff": _obj({"second_factor": BOOL}),
+    "EndedEverywhere": _obj({"sessions_ended": INT, "tokens_revoked": INT}),
     "Token": _obj({"id": STR, "name": STR, "scope": {"type": "string",
                                                     "enum": ["read", "admin"]},
                    "username": STR, "created_at": TS, "last_used": TS_OR_NULL}),

@@ -128,6 +128,44 @@ async def test_password_change_needs_the_current_one_and_ends_other_sessions(web
         assert (await b.login(ADMIN[0], "Brand-New-Passphrase-9"))[0] == 201
 
 
+async def test_ending_everything_logs_out_other_browsers_and_revokes_tokens(web: Lab) -> None:
+    """A password change leaves API tokens working; "end everything" does not: every other
+    session of the user ends and each of their tokens stops, and no one else's."""
+    add_user(web, *ADMIN)
+    add_user(web, *VIEWER, role="viewer")
+    async with browser(web) as other, browser(web) as b, browser(web) as viewer:
+        await other.login(*ADMIN)
+        await b.login(*ADMIN)
+        await viewer.login(*VIEWER)
+        mine = (await b.call("POST", "/api/v1/tokens", {"name": "backup", "scope": "admin"}))[1]
+        theirs = (await viewer.call("POST", "/api/v1/tokens", {"name": "ha", "scope": "read"}))[1]
+        url = base_url(web) + "/api/v1/account"
+
+        async def as_token(token: str) -> int:
+            async with aiohttp.ClientSession() as http, http.get(
+                    url, headers={"Authorization": f"Bearer {token}"}) as reply:
+                return reply.status
+
+        assert await as_token(mine["token"]) == 200
+        async with aiohttp.ClientSession() as http, http.post(
+                url + "/end-everywhere", json={"password": ADMIN[1]},
+                headers={"Authorization": f"Bearer {mine['token']}"}) as reply:
+            assert reply.status == 403  # a token cannot end its owner's sessions
+        status, _, _ = await b.call("POST", "/api/v1/account/end-everywhere",
+                                    {"password": "not-it-at-all"})
+        assert status == 403
+        status, data, _ = await b.call("POST", "/api/v1/account/end-everywhere",
+                                       {"password": ADMIN[1]})
+        assert status == 200 and data == {"sessions_ended": 1, "tokens_revoked": 1}
+        assert (await b.call("GET", "/api/v1/account"))[0] == 200  # this session stays
+        assert (await other.call("GET", "/api/v1/account"))[0] == 401
+        assert await as_token(mine["token"]) == 401
+        assert (await viewer.call("GET", "/api/v1/account"))[0] == 200  # others untouched
+        assert await as_token(theirs["token"]) == 200
+    [entry] = web.daemon.store.audit_log(action="account.end_all", result="ok")
+    assert entry.target == ADMIN[0] and "1 API token(s) revoked" in entry.detail
+
+
 async def test_totp_enrol_login_replay_and_recovery_codes(web: Lab) -> None:
     add_user(web, *ADMIN)
     async with browser(web) as b:
