@@ -391,6 +391,9 @@ def test_one_host_cannot_take_the_brokers_connections(net: Net, lab: Lab) -> Non
         assert len(held.splitlines()) <= MAX_CONNECTIONS_PER_HOST, held
         assert flood["most_held"] <= MAX_CONNECTIONS_PER_HOST, flood  # the rest: dropped
         assert rise(before, lab.counters(), "flood") > 0
+        # Once it stops, the stranger is an ordinary host again within 10 s.
+        wait_until(lambda: lab.probe("stranger", [svc(GW_IOT, BROKER)]) == [True], 10,
+                   "the stranger to reach the broker again")
     finally:
         net.gateway.device("remove", "newbie")
         wait_until(lambda: 'comment "newbie"' not in (lab.listing() or 'comment "newbie"'),
