@@ -283,6 +283,10 @@ async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 async def _security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    _add_security_headers(request, response)
+
+
+def _add_security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
     response.headers["Server"] = SERVER_NAME
     if request.secure:
@@ -308,12 +312,9 @@ class _Unparsable(RequestHandler):
                  type(exc).__name__ if exc else "no detail")
         if request.writer.output_size > 0:
             raise ConnectionError("a response was already under way")
-        response = web.Response(status=status, text=f"{status} {HTTPStatus(status).phrase}\n")
-        response.headers.update(SECURITY_HEADERS)
-        response.headers["Server"] = SERVER_NAME
-        response.headers["Cache-Control"] = "no-store"
-        if request.secure:
-            response.headers["Strict-Transport-Security"] = HSTS
+        response = web.Response(status=status, text=f"{status} {HTTPStatus(status).phrase}\n",
+                                headers={"Cache-Control": "no-store"})
+        _add_security_headers(request, response)  # aiohttp's hook runs for app requests only
         response.force_close()
         return response
 
